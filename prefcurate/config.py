@@ -1,0 +1,198 @@
+"""Typed configuration: one pydantic model per stage, composed into a run config.
+
+The same models are Prefect flow parameters (rendered as forms in the UI), YAML files for
+the CLI, and the flattened params logged to MLflow. Every threshold lives here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from prefcurate.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base for config sections: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSource(Section):
+    uri: str = Field(description="SFT checkpoint: a local directory, a hub id (org/name) or s3://bucket/prefix.")
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) when `uri` is a hub id.")
+    allow_pickle: bool = Field(default=False, description="Accept pickle (.bin/.pt) weights. Off: safetensors only.")
+    trust_remote_code: bool = Field(default=False, description="Run code shipped with the checkpoint. Off unless you trust its author.")
+    chat_template: str | None = Field(
+        default=None,
+        description="Jinja chat template (inline text or a path to a .jinja file) for tokenizers that lack one.",
+    )
+
+
+class DataSource(Section):
+    pool_uri: str = Field(description="Preference pool: a hub dataset name, or a local / s3:// parquet, jsonl or json file.")
+    split: str = Field(default="train", description="Split to read when `pool_uri` is a hub dataset.")
+    validation_uri: str | None = Field(default=None, description="Validation preferences; when empty, carved from the pool.")
+    validation_split: str = Field(default="test", description="Split to read when `validation_uri` is a hub dataset.")
+    validation_fraction: float = Field(default=0.1, gt=0.0, lt=0.9, description="Share of pool prompts carved out as validation when no `validation_uri` is given.")
+    eval_prompts_uri: str | None = Field(default=None, description="Held-out evaluation instructions (AlpacaEval-style json/jsonl/parquet with an `instruction` field).")
+    max_prompt_chars: int = Field(default=4000, ge=1, description="Rows whose prompt text is longer are rejected (reason `prompt_too_long`).")
+    seed: int = Field(default=0, description="Seed for the validation carve.")
+
+
+class LoraSettings(Section):
+    r: int = Field(default=8, ge=1, description="LoRA rank.")
+    alpha: int = Field(default=16, ge=1, description="LoRA alpha.")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], description="Modules that get adapters."
+    )
+
+
+class TrainingConfig(Section):
+    beta: float = Field(default=0.5, gt=0.0, description="DPO β (also the scale of IRM).")
+    learning_rate: float = Field(default=2e-4, gt=0.0, description="DPO learning rate. The toy model over-optimises into junk above ~5e-4.")
+    batch_size: int = Field(default=32, ge=1, description="Pairs per optimiser step (per device).")
+    gradient_accumulation_steps: int = Field(default=1, ge=1, description="Optimiser steps accumulate this many batches.")
+    warmup_epochs: float = Field(default=1.0, gt=0.0, description="Epochs of DPO from the SFT model on the whole pool (θ).")
+    val_epochs: float = Field(default=1.0, gt=0.0, description="Epochs of DPO from θ on the validation set (θ_val).")
+    final_epochs: float = Field(default=2.0, gt=0.0, description="Epochs of DPO from θ on the kept pairs (and on each baseline).")
+    max_length: int | None = Field(default=512, ge=8, description="Token limit of prompt + completion; longer pairs are truncated (and counted).")
+    truncation_mode: Literal["keep_start", "keep_end"] = Field(default="keep_start", description="Which end TRL keeps when truncating.")
+    lora: LoraSettings | None = Field(default=None, description="Train LoRA adapters instead of all weights.")
+    seed: int = Field(default=0, description="Training seed.")
+
+
+class ScoringConfig(Section):
+    batch_size: int = Field(default=64, ge=1, description="Pairs per forward (and jvp) pass while scoring.")
+    shard_size: int = Field(default=2048, ge=1, description="Pairs per scoring shard (each cached and resumable on its own).")
+    cosine: bool = Field(default=False, description="Normalise IF by the per-pair gradient norm (cosine influence).")
+    compute_if: bool = Field(default=True, description="Compute exact IF/TIF (jvp). Off: LossDiff and IRM only.")
+    tif_band: tuple[float, float] = Field(default=(25.0, 75.0), description="Percentiles (q_lo, q_hi) of IF: TIF keeps pairs strictly inside.")
+
+    @model_validator(mode="after")
+    def _band_ordered(self) -> "ScoringConfig":
+        lo, hi = self.tif_band
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ValueError(f"tif_band must satisfy 0 <= q_lo < q_hi <= 100, got {self.tif_band}")
+        return self
+
+
+SelectionRule = Literal[
+    "lossdiff-irm", "tif", "if-top", "lossdiff-band", "irm-band", "random", "rating-margin", "reward-gap"
+]
+
+
+class SelectionConfig(Section):
+    rule: SelectionRule = Field(default="lossdiff-irm", description="Which rule selects the pairs to train on.")
+    band: tuple[float, float] = Field(default=(10.0, 90.0), description="Middle percentile band (lo, hi) for the band rules.")
+    fraction: float | None = Field(default=None, gt=0.0, le=1.0, description="Kept share for top-k rules (if-top, rating-margin, reward-gap, random); default: the lossdiff-irm share.")
+    seed: int = Field(default=0, description="Seed for the random rule.")
+
+    @model_validator(mode="after")
+    def _band_ordered(self) -> "SelectionConfig":
+        lo, hi = self.band
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ValueError(f"band must satisfy 0 <= lo < hi <= 100, got {self.band}")
+        return self
+
+
+class GenerationConfig(Section):
+    max_new_tokens: int = Field(default=64, ge=1, description="Tokens generated per answer.")
+    do_sample: bool = Field(default=False, description="Sample instead of greedy decoding.")
+    temperature: float = Field(default=1.0, gt=0.0, description="Sampling temperature.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
+    n_samples: int = Field(default=1, ge=1, description="Answers per prompt.")
+    batch_size: int = Field(default=32, ge=1, description="Prompts per generate() call.")
+    seed: int = Field(default=0, description="Sampling seed.")
+
+
+class JudgeConfig(Section):
+    kind: Literal["oracle", "reward-model", "openai"] = Field(default="oracle", description="Who judges: the toy world's oracle, a local reward model, or an OpenAI-compatible endpoint.")
+    model: str | None = Field(default=None, description="Reward-model checkpoint, or the endpoint's model name.")
+    base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint base URL (openai judge).")
+    api_key_env: str = Field(default="OPENAI_API_KEY", description="Environment variable holding the API key (never logged).")
+    max_concurrency: int = Field(default=4, ge=1, description="Parallel requests to the endpoint.")
+    max_retries: int = Field(default=5, ge=0, description="Retries with backoff on 429/5xx.")
+    timeout_s: float = Field(default=60.0, gt=0.0, description="Per-request timeout in seconds.")
+    seed: int = Field(default=0, description="Seed for the pairwise order swap.")
+
+
+class EvaluationConfig(Section):
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    baselines: list[Literal["sft", "full", "random"]] = Field(
+        default_factory=lambda: ["sft", "full", "random"], description="Baselines trained and evaluated beside the selection."
+    )
+    reference: str = Field(default="sft", description="The model every other model is compared against.")
+
+
+class TrackingConfig(Section):
+    tracking_uri: str = Field(default="sqlite:///mlflow.db", description="MLflow tracking URI.")
+    experiment: str = Field(default="prefcurate", description="MLflow experiment name.")
+    register_model: str | None = Field(default=None, description="Register the final model under this name (alias `candidate`).")
+
+
+class RunConfig(Section):
+    """Everything one `curate` run needs."""
+
+    root: str = Field(default="runs", description="Run root: a local directory or s3://bucket/prefix.")
+    run_name: str = Field(default="default", description="Sub-directory of the root for this run's artifacts.")
+    model: ModelSource
+    data: DataSource
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: '{key}' is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(model: type[BaseModel], path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
+    """Build `model` from an optional YAML file plus `key.sub=value` overrides (values parsed as YAML)."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    try:
+        return model.model_validate(tree)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "<root>"
+        raise ConfigError(f"invalid config field '{field}': {first['msg']}") from exc
+
+
+def flatten(config: BaseModel) -> dict[str, str]:
+    """Dotted key → value string, for MLflow params."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, sub)
+        else:
+            out[prefix] = str(value)
+
+    walk("", config.model_dump(mode="json"))
+    return out

@@ -1,0 +1,37 @@
+"""One exception family: each message says what was wrong and what to do about it.
+
+The CLI turns any `PrefcurateError` into one line on stderr and exit code 2, so these
+messages are what a user reads instead of a traceback.
+"""
+
+
+class PrefcurateError(Exception):
+    """Base of every error prefcurate raises on purpose."""
+
+
+class ConfigError(PrefcurateError):
+    """A parameter or config file is invalid."""
+
+
+class StorageError(PrefcurateError):
+    """A URI cannot be read or written."""
+
+
+class CheckpointError(PrefcurateError):
+    """A model checkpoint is missing, unsafe or unusable."""
+
+
+class DataError(PrefcurateError):
+    """A preference data set cannot be read or has no usable rows."""
+
+
+class ScoringError(PrefcurateError):
+    """Scores cannot be computed (non-finite losses, bad batches)."""
+
+
+class SelectionError(PrefcurateError):
+    """A selection rule keeps nothing or is misconfigured."""
+
+
+class JudgeError(PrefcurateError):
+    """A judge cannot produce verdicts (endpoint down, bad model)."""

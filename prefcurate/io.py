@@ -1,0 +1,151 @@
+"""Storage through fsspec: local paths and s3:// alike, with atomic writes.
+
+A write goes to a temporary name first and is moved into place only once complete (a
+local rename, or for object stores an upload that finishes before the final key exists),
+so a crash never leaves a half-written artifact that looks whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import fsspec
+import pandas as pd
+
+from prefcurate.errors import StorageError
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem for `uri` and the path inside it."""
+    fs, path = fsspec.core.url_to_fs(str(uri))
+    return fs, path
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a local path or URL without losing the scheme."""
+    out = str(uri).rstrip("/")
+    for part in parts:
+        out = f"{out}/{str(part).strip('/')}"
+    return out
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in str(uri) and not str(uri).startswith("file://")
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    try:
+        return fs.exists(path)
+    except Exception as exc:  # network or credential failure
+        raise StorageError(f"cannot reach {uri}: {exc}; check the URI and credentials") from exc
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    try:
+        with fs.open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError as exc:
+        raise StorageError(f"{uri} does not exist; check the path") from exc
+    except Exception as exc:
+        raise StorageError(f"cannot read {uri}: {exc}") from exc
+
+
+def write_bytes(uri: str, data: bytes) -> str:
+    """Write `data` to `uri` atomically; returns `uri`."""
+    fs, path = filesystem(uri)
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    try:
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        if is_remote(uri):
+            # An object store PUT is atomic: the key appears only once the upload completes.
+            fs.pipe_file(path, data)
+        else:
+            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+    except Exception as exc:
+        raise StorageError(f"cannot write {uri}: {exc}") from exc
+    return uri
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_text(uri: str, text: str) -> str:
+    return write_bytes(uri, text.encode("utf-8"))
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_text(uri))
+
+
+def write_json(uri: str, obj: Any) -> str:
+    return write_text(uri, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_parquet(uri: str) -> pd.DataFrame:
+    return pd.read_parquet(io.BytesIO(read_bytes(uri)))
+
+
+def write_parquet(uri: str, frame: pd.DataFrame) -> str:
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    return write_bytes(uri, buf.getvalue())
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """A stable digest of a JSON-able object (keys sorted), used for config and content ids."""
+    return sha256_bytes(json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode())
+
+
+@contextmanager
+def local_copy_dir(uri: str, cache_dir: str | os.PathLike) -> Iterator[Path]:
+    """A local directory holding the files under `uri` (downloaded once into `cache_dir`)."""
+    if not is_remote(uri):
+        yield Path(str(uri).removeprefix("file://"))
+        return
+    fs, path = filesystem(uri)
+    target = Path(cache_dir) / hashlib.sha256(str(uri).encode()).hexdigest()[:16]
+    done = target / ".complete"
+    if not done.exists():
+        tmp = target.with_name(target.name + f".tmp-{uuid.uuid4().hex}")
+        try:
+            fs.get(path.rstrip("/") + "/", str(tmp), recursive=True)
+        except FileNotFoundError as exc:
+            raise StorageError(f"{uri} does not exist; check the bucket and prefix") from exc
+        except Exception as exc:
+            raise StorageError(f"cannot download {uri}: {exc}") from exc
+        (tmp / ".complete").touch()
+        if target.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)
+    yield target
+
+
+def upload_dir(local: str | os.PathLike, uri: str) -> str:
+    """Copy a local directory to `uri` (local or remote), files first, so readers see whole files."""
+    local = Path(local)
+    for file in sorted(p for p in local.rglob("*") if p.is_file()):
+        write_bytes(join(uri, file.relative_to(local).as_posix()), file.read_bytes())
+    return uri

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers adding retries, caching, progress and artifacts around prefcurate calls."""
