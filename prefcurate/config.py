@@ -136,18 +136,77 @@ class TrackingConfig(Section):
     register_model: str | None = Field(default=None, description="Register the final model under this name (alias `candidate`).")
 
 
-class RunConfig(Section):
-    """Everything one `curate` run needs."""
+class ScaleOutConfig(Section):
+    task_runner: Literal["local", "dask"] = Field(
+        default="local", description="Where scoring shards run: in the flow's process, or mapped over a Dask cluster (prefect-dask)."
+    )
+    workers: int = Field(default=2, ge=1, le=256, description="Dask workers of the local cluster (ignored with `address`).")
+    processes: bool = Field(default=False, description="Local Dask workers as processes (True) or threads (False).")
+    address: str | None = Field(default=None, description="Address of an existing Dask scheduler (tcp://host:8786); empty: start a local cluster.")
+
+
+RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+class _Pipeline(Section):
+    """What every flow that scores a pool shares: where, which model, which data, how."""
 
     root: str = Field(default="runs", description="Run root: a local directory or s3://bucket/prefix.")
-    run_name: str = Field(default="default", description="Sub-directory of the root for this run's artifacts.")
+    run_name: str = Field(
+        default="default", pattern=RUN_NAME_PATTERN, description="Sub-directory of the root for this run's artifacts; a rerun with the same name resumes."
+    )
+    cache_dir: str = Field(default=".prefcurate-cache", description="Local directory for downloaded checkpoints and judge caches.")
     model: ModelSource
     data: DataSource
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    scaleout: ScaleOutConfig = Field(default_factory=ScaleOutConfig)
+
+
+class RunConfig(_Pipeline):
+    """Everything one `curate` run needs."""
+
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @model_validator(mode="after")
+    def _reference_is_evaluated(self) -> "RunConfig":
+        known = {"selected", *self.evaluation.baselines}
+        if self.evaluation.reference not in known:
+            raise ValueError(f"evaluation.reference must be one of {sorted(known)}, got '{self.evaluation.reference}'")
+        return self
+
+
+class NightlyConfig(_Pipeline):
+    """Scheduled curation of new data: ingest, score, select, publish; no final training."""
+
+    publish_uri: str | None = Field(
+        default=None, description="Directory (local or s3://) the selection is published to; empty: <root>/<run>/published."
+    )
+
+
+class EvaluateConfig(Section):
+    """Judge given models or output files against each other."""
+
+    root: str = Field(default="runs", description="Run root: a local directory or s3://bucket/prefix.")
+    run_name: str = Field(default="evaluate", pattern=RUN_NAME_PATTERN, description="Sub-directory of the root for this evaluation.")
+    cache_dir: str = Field(default=".prefcurate-cache", description="Local directory for downloaded checkpoints and judge caches.")
+    models: dict[str, str] = Field(
+        description="Model name → HF checkpoint (directory, hub id or s3://) or an AlpacaEval model_outputs.json to judge as is.",
+        min_length=2,
+    )
+    eval_prompts_uri: str | None = Field(
+        default=None, description="Evaluation instructions (json/jsonl/parquet with `instruction`); needed when a model is a checkpoint."
+    )
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _reference_is_a_model(self) -> "EvaluateConfig":
+        if self.evaluation.reference not in self.models:
+            raise ValueError(f"evaluation.reference must name one of models {sorted(self.models)}, got '{self.evaluation.reference}'")
+        return self
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
