@@ -88,7 +88,8 @@ SelectionRule = Literal[
 
 class SelectionConfig(Section):
     rule: SelectionRule = Field(default="lossdiff-irm", description="Which rule selects the pairs to train on.")
-    band: tuple[float, float] = Field(default=(10.0, 90.0), description="Middle percentile band (lo, hi) for the band rules.")
+    band: tuple[float, float] = Field(default=(10.0, 90.0), description="Middle percentile band (lo, hi) for the band rules; a pair is kept strictly inside it.")
+    size: int | None = Field(default=None, ge=1, description="Kept count for top-k rules (if-top, rating-margin, reward-gap, random); overrides `fraction`.")
     fraction: float | None = Field(default=None, gt=0.0, le=1.0, description="Kept share for top-k rules (if-top, rating-margin, reward-gap, random); default: the lossdiff-irm share.")
     seed: int = Field(default=0, description="Seed for the random rule.")
 
