@@ -119,12 +119,17 @@ class JudgeConfig(Section):
     max_concurrency: int = Field(default=4, ge=1, description="Parallel requests to the endpoint.")
     max_retries: int = Field(default=5, ge=0, description="Retries with backoff on 429/5xx.")
     timeout_s: float = Field(default=60.0, gt=0.0, description="Per-request timeout in seconds.")
+    retry_backoff_s: float = Field(default=1.0, ge=0.0, description="First retry delay in seconds; doubles each retry (a Retry-After header wins, up to 60 s).")
+    logprobs: bool = Field(default=True, description="Ask the endpoint for token log-probs (a soft pairwise verdict); off for endpoints that reject the parameter.")
+    max_tokens: int = Field(default=512, ge=1, description="Token budget of a single-answer grading reply (explanation + [[rating]]).")
+    batch_size: int = Field(default=16, ge=1, description="Answers per reward-model forward pass.")
     seed: int = Field(default=0, description="Seed for the pairwise order swap.")
 
 
 class EvaluationConfig(Section):
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    single_score: bool = Field(default=True, description="Also grade every answer on MT-Bench's 1–10 scale (SingleScore).")
     baselines: list[Literal["sft", "full", "random"]] = Field(
         default_factory=lambda: ["sft", "full", "random"], description="Baselines trained and evaluated beside the selection."
     )
