@@ -28,6 +28,98 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+# --- data check / model check: is this input usable? ------------------------------------
+
+data_app = typer.Typer(help="Preference data: check a pool before a run.", no_args_is_help=True)
+model_app = typer.Typer(help="Checkpoints: check a model before a run.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(model_app, name="model")
+
+
+def _quiet_libraries() -> None:
+    """Keep HF warnings and progress bars off the terminal: the output is ours alone."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    warnings.filterwarnings("ignore")
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity_error()
+
+
+@data_app.command("check")
+def data_check(
+    uri: str = typer.Argument(help="Pool: a .parquet/.jsonl/.json file (local or s3://), a saved dataset dir or a hub dataset."),
+    split: str = typer.Option("train", help="Split to read from a hub / saved dataset."),
+    max_prompt_chars: int = typer.Option(4000, min=1, help="Rows whose prompt is longer are rejected (prompt_too_long)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Read a preference pool, check every row and report what would be kept and why rows are rejected."""
+    import json
+
+    _quiet_libraries()
+    from prefcurate.data import SCHEMA_LABELS, load_pairs
+
+    try:
+        result = load_pairs(uri, split=split, max_prompt_chars=max_prompt_chars)
+    except PrefcurateError as exc:
+        fail(str(exc))
+    summary = {
+        "uri": uri,
+        "schema": result.schema,
+        "rows_read": result.rows_read,
+        "rows_kept": result.rows_kept,
+        "rows_rejected": result.rows_rejected,
+        "rejects_by_reason": result.rejects_by_reason,
+    }
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        typer.echo(f"{uri}: {SCHEMA_LABELS[result.schema]}")
+        typer.echo(f"rows read {result.rows_read}, kept {result.rows_kept}, rejected {result.rows_rejected}")
+        for reason, count in result.rejects_by_reason.items():
+            typer.echo(f"  {reason:<20} {count}")
+        for row in result.rejects.head(5).itertuples():
+            typer.echo(f"  e.g. row {row.row}: {row.reason}: {row.detail}")
+    if result.rows_kept == 0:
+        fail(f"{uri}: no usable pairs among {result.rows_read} rows (rejects: {result.rejects_by_reason})")
+
+
+@model_app.command("check")
+def model_check(
+    uri: str = typer.Argument(help="Checkpoint: a local directory, a hub id (org/name) or s3://bucket/prefix."),
+    revision: str = typer.Option(None, help="Hub revision (branch, tag or commit) for a hub id."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickle (.bin/.pt) weights; they can run code."),
+    chat_template: str = typer.Option(None, "--chat-template", help="Jinja chat template file for a tokenizer that lacks one."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Validate a checkpoint (config, safetensors weights, tokenizer, chat template) and print its fingerprint."""
+    _quiet_libraries()
+    from prefcurate.checkpoint import inspect_checkpoint
+    from prefcurate.config import ModelSource
+
+    try:
+        source = ModelSource(uri=uri, revision=revision, allow_pickle=allow_pickle, chat_template=chat_template)
+        info = inspect_checkpoint(source)
+    except PrefcurateError as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(info.model_dump_json(include={"uri", "fingerprint", "architecture", "model_type", "n_parameters", "weight_format", "chat_template", "chat_template_supplied"}))
+        return
+    template = "supplied" if info.chat_template_supplied else "own"
+    typer.echo(f"{uri}: usable")
+    typer.echo(f"fingerprint   {info.fingerprint}")
+    typer.echo(f"architecture  {info.architecture} ({info.model_type}), {info.n_parameters:,} parameters, {info.weight_format}")
+    typer.echo(f"chat template {template}")
+
+
 def main() -> None:
     try:
         app()

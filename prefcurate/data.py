@@ -38,6 +38,11 @@ SCHEMAS = (
     "TRL conversational (prompt: messages; chosen/rejected: one assistant message), "
     "plain text (prompt, chosen, rejected: strings)"
 )
+SCHEMA_LABELS = {
+    "implicit": "UltraFeedback-binarized (implicit prompt)",
+    "conversational": "TRL conversational (explicit prompt)",
+    "plain": "plain text",
+}
 REJECT_COLUMNS = ["row", "reason", "detail", "origin", "raw"]
 REASONS = (
     "invalid_json", "missing_field", "wrong_type", "non_text_content", "empty_field",

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -116,27 +117,49 @@ def sha256_json(obj: Any) -> str:
     return sha256_bytes(json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode())
 
 
+def _listing(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> list[tuple[str, Any, Any]]:
+    """(relative name, size, etag or mtime) of every file under a remote prefix."""
+    root = path.rstrip("/")
+    try:
+        fs.invalidate_cache(root)  # another process may have rewritten the prefix
+        found = fs.find(root, detail=True)
+    except FileNotFoundError as exc:
+        raise StorageError(f"{uri} does not exist; check the bucket and prefix") from exc
+    except Exception as exc:
+        raise StorageError(f"cannot list {uri}: {exc}") from exc
+    if not found:
+        raise StorageError(f"{uri} does not exist or is empty; check the bucket and prefix")
+    return sorted(
+        (name[len(root) + 1 :], info.get("size"), info.get("ETag") or info.get("mtime") or info.get("LastModified"))
+        for name, info in found.items()
+    )
+
+
 @contextmanager
 def local_copy_dir(uri: str, cache_dir: str | os.PathLike) -> Iterator[Path]:
-    """A local directory holding the files under `uri` (downloaded once into `cache_dir`)."""
+    """A local directory holding the files under `uri`, downloaded once into `cache_dir`.
+
+    The cache entry is keyed by the URI *and* the remote listing (names, sizes, etags), so a
+    prefix that was overwritten since is downloaded again rather than served stale.
+    """
     if not is_remote(uri):
         yield Path(str(uri).removeprefix("file://"))
         return
     fs, path = filesystem(uri)
-    target = Path(cache_dir) / hashlib.sha256(str(uri).encode()).hexdigest()[:16]
+    listing = _listing(fs, path, uri)
+    target = Path(cache_dir) / sha256_json([str(uri), listing])[:16]
     done = target / ".complete"
     if not done.exists():
         tmp = target.with_name(target.name + f".tmp-{uuid.uuid4().hex}")
         try:
-            fs.get(path.rstrip("/") + "/", str(tmp), recursive=True)
-        except FileNotFoundError as exc:
-            raise StorageError(f"{uri} does not exist; check the bucket and prefix") from exc
+            for name, _, _ in listing:
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                fs.get_file(f"{path.rstrip('/')}/{name}", str(tmp / name))
         except Exception as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
             raise StorageError(f"cannot download {uri}: {exc}") from exc
         (tmp / ".complete").touch()
         if target.exists():
-            import shutil
-
             shutil.rmtree(tmp)
         else:
             os.replace(tmp, target)
