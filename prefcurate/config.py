@@ -63,6 +63,9 @@ class TrainingConfig(Section):
     max_length: int | None = Field(default=512, ge=8, description="Token limit of prompt + completion; longer pairs are truncated (and counted).")
     truncation_mode: Literal["keep_start", "keep_end"] = Field(default="keep_start", description="Which end TRL keeps when truncating.")
     lora: LoraSettings | None = Field(default=None, description="Train LoRA adapters instead of all weights.")
+    bf16: bool | None = Field(default=None, description="bf16 mixed precision. Empty: on when a bf16-capable GPU is present, off on CPU.")
+    gradient_checkpointing: bool = Field(default=False, description="Recompute activations in the backward pass (saves memory on large models, ~20 % slower).")
+    logging_steps: int = Field(default=10, ge=1, description="Optimiser steps between logged training metrics.")
     seed: int = Field(default=0, description="Training seed.")
 
 
