@@ -140,9 +140,23 @@ class EvaluationConfig(Section):
 
 
 class TrackingConfig(Section):
-    tracking_uri: str = Field(default="sqlite:///mlflow.db", description="MLflow tracking URI.")
-    experiment: str = Field(default="prefcurate", description="MLflow experiment name.")
-    register_model: str | None = Field(default=None, description="Register the final model under this name (alias `candidate`).")
+    """Where MLflow records runs: a local sqlite store by default, any tracking URI works."""
+
+    tracking_uri: str = Field(
+        default="sqlite:///mlflow.db",
+        description="MLflow tracking URI: sqlite:///file.db, http(s)://server, or any URI MLflow accepts. Credentials belong in MLFLOW_TRACKING_USERNAME/PASSWORD, not here.",
+    )
+    experiment: str = Field(default="prefcurate", description="MLflow experiment name (created on first use).")
+    artifact_location: str | None = Field(
+        default=None,
+        description="Artifact root for a newly created experiment (a directory or s3://…); empty: MLflow's default (./mlruns next to a local store, the server's root otherwise).",
+    )
+    ui_url: str | None = Field(
+        default=None,
+        description="Base URL of the MLflow UI used in links; empty: the tracking server, or http://127.0.0.1:5000 as `mlflow ui` serves a local store.",
+    )
+    register_model: str | None = Field(default="prefcurate", description="Register the final model under this name; empty: do not register.")
+    model_alias: str = Field(default="candidate", min_length=1, description="Alias set on the newly registered model version.")
 
 
 class ScaleOutConfig(Section):
