@@ -1,0 +1,77 @@
+"""fsspec IO: local and s3:// behave alike, writes are atomic, and remote copies stay fresh."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from prefcurate import io
+from prefcurate.errors import StorageError
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "root")
+    return request.getfixturevalue("s3_bucket") + "/root"
+
+
+def test_json_and_parquet_roundtrip(root):
+    frame = pd.DataFrame({"pair_id": ["a", "b"], "score": [0.5, None]})
+    io.write_parquet(io.join(root, "x", "scores.parquet"), frame)
+    io.write_json(io.join(root, "x", "meta.json"), {"b": 1, "a": [1, 2]})
+    pd.testing.assert_frame_equal(io.read_parquet(io.join(root, "x", "scores.parquet")), frame)
+    assert io.read_json(io.join(root, "x", "meta.json")) == {"a": [1, 2], "b": 1}
+    assert io.exists(io.join(root, "x", "meta.json")) and not io.exists(io.join(root, "x", "nope.json"))
+    with pytest.raises(StorageError, match="does not exist"):
+        io.read_bytes(io.join(root, "x", "nope.json"))
+
+
+def test_local_write_is_atomic(tmp_path, monkeypatch):
+    target = tmp_path / "a.txt"
+    io.write_text(str(target), "old")
+
+    def crash(src, dst):
+        raise OSError("power cut")
+
+    monkeypatch.setattr(io.os, "replace", crash)
+    with pytest.raises(StorageError, match="power cut"):
+        io.write_text(str(target), "new")
+    assert target.read_text() == "old", "a failed write never replaces the previous file"
+
+
+def test_join_keeps_scheme():
+    assert io.join("s3://b/run/", "/data", "train.parquet") == "s3://b/run/data/train.parquet"
+    assert io.is_remote("s3://b/x") and not io.is_remote("/tmp/x") and not io.is_remote("file:///tmp/x")
+
+
+def test_sha256_json_ignores_key_order():
+    assert io.sha256_json({"a": 1, "b": [1, 2]}) == io.sha256_json({"b": [1, 2], "a": 1})
+    assert io.sha256_json({"a": 1}) != io.sha256_json({"a": 2})
+
+
+def test_local_copy_dir_downloads_once_and_refreshes(s3_bucket, tmp_path):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "config.json").write_text("{}")
+    (src / "sub" / "w.bin").write_bytes(b"\x00" * 10)
+    uri = f"{s3_bucket}/ckpt"
+    io.upload_dir(src, uri)
+    cache = tmp_path / "cache"
+    with io.local_copy_dir(uri, cache) as first:
+        assert (first / "sub" / "w.bin").read_bytes() == b"\x00" * 10
+    with io.local_copy_dir(uri, cache) as second:
+        assert second == first, "an unchanged prefix is served from the cache"
+    io.write_text(f"{uri}/config.json", '{"changed": true}')
+    with io.local_copy_dir(uri, cache) as third:
+        assert third != first and (third / "config.json").read_text() == '{"changed": true}'
+    assert not [p for p in cache.iterdir() if ".tmp-" in p.name]
+
+
+def test_local_copy_dir_missing(s3_bucket, tmp_path):
+    with pytest.raises(StorageError, match="does not exist"):
+        with io.local_copy_dir(f"{s3_bucket}/absent", tmp_path):
+            pass
+    with pytest.raises(StorageError):
+        with io.local_copy_dir("s3://bucket-that-was-never-made/x", tmp_path):
+            pass
