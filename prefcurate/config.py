@@ -186,6 +186,9 @@ class _Pipeline(Section):
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     scaleout: ScaleOutConfig = Field(default_factory=ScaleOutConfig)
+    defects_uri: str | None = Field(
+        default=None, description="Known-defect labels (parquet: prompt_id, defect), e.g. the toy world's; adds per-defect detection to the agreement report."
+    )
 
 
 class RunConfig(_Pipeline):
@@ -229,6 +232,9 @@ class EvaluateConfig(Section):
     def _reference_is_a_model(self) -> "EvaluateConfig":
         if self.evaluation.reference not in self.models:
             raise ValueError(f"evaluation.reference must name one of models {sorted(self.models)}, got '{self.evaluation.reference}'")
+        checkpoints = sorted(name for name, uri in self.models.items() if not uri.endswith(".json"))
+        if checkpoints and not self.eval_prompts_uri:
+            raise ValueError(f"eval_prompts_uri is required to generate answers with the checkpoints {checkpoints}")
         return self
 
 
