@@ -52,3 +52,16 @@ def _clear_s3fs_instances() -> None:
     import s3fs
 
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+# --- Toy world: one small world per session ----------------------------------------------
+# Built once (SFT checkpoint, pool with planted defects, validation pool, eval prompts) and
+# shared read-only by every test that needs a model or preference data.
+
+
+@pytest.fixture(scope="session")
+def toy_world(tmp_path_factory: pytest.TempPathFactory):
+    """The small toy world for seed 0 (`prefcurate.toyworld.build.World`); do not modify its files."""
+    from prefcurate.toyworld.build import build_world
+
+    return build_world(str(tmp_path_factory.mktemp("toy_world")), seed=0, size="small")

@@ -17,9 +17,15 @@ PAD, UNK, BOS, END = "<pad>", "<unk>", "<bos>", "<|end|>"
 ROLES = ["<|system|>", "<|user|>", "<|assistant|>"]
 SPECIAL = [PAD, UNK, BOS, END, *ROLES]
 
+# The `{% generation %}` markers let TRL train on assistant tokens only (content and the
+# closing <|end|>, so the model learns to stop); they do not change the rendered text.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|assistant|> ' }}{% generation %}{{ message['content'] + ' <|end|> ' }}{% endgeneration %}"
+    "{% else %}"
     "{{ '<|' + message['role'] + '|> ' + message['content'] + ' <|end|> ' }}"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|> ' }}{% endif %}"
 )

@@ -1,0 +1,172 @@
+"""Build the whole toy world under one directory from a seed: SFT checkpoint, preference
+pool with planted defects, clean validation pool, held-out eval prompts.
+
+`world.json` is written last and carries the spec digest, so its presence means a whole
+world; a second build with the same spec reuses it instead of training again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from prefcurate import io
+from prefcurate.checkpoint import save_checkpoint
+from prefcurate.errors import ConfigError, StorageError
+from prefcurate.toyworld.model import build_model
+from prefcurate.toyworld.pool import PoolSpec, build_preference_data
+from prefcurate.toyworld.sft import SFTSpec, demonstrations, mean_quality, train_sft
+from prefcurate.toyworld.task import quality
+from prefcurate.toyworld.tokenizer import build_tokenizer
+
+# Bump when the generators change what a spec produces, so stale cached worlds are rebuilt.
+WORLD_VERSION = 1
+Size = Literal["small", "default"]
+
+FILES = {
+    "checkpoint_dir": "model",
+    "pool_parquet": "data/pool.parquet",
+    "pool_jsonl": "data/pool.jsonl",
+    "validation_parquet": "data/validation.parquet",
+    "eval_prompts": "data/eval_prompts.json",
+    "defects_parquet": "data/defects.parquet",
+}
+
+
+class WorldSpec(BaseModel):
+    """Everything that determines a world: same spec, same files."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    size: Size = Field(description="Model size (toyworld.model.SIZES) and data scale.")
+    seed: int = Field(description="Seed of every random choice: instruction split, pool, demonstrations, init, training.")
+    pool: PoolSpec
+    sft: SFTSpec
+
+    @property
+    def digest(self) -> str:
+        return io.sha256_json({"version": WORLD_VERSION, "spec": self.model_dump(mode="json")})
+
+
+def world_spec(size: str = "default", seed: int = 0) -> WorldSpec:
+    """The preset for `size`: `default` as measured in DESIGN §4, `small` for tests and quick demos."""
+    if size == "default":
+        return WorldSpec(size="default", seed=seed, pool=PoolSpec(), sft=SFTSpec())
+    if size == "small":
+        pool = PoolSpec(n_pairs=240, n_validation=48, n_validation_instructions=48, n_eval_prompts=32)
+        return WorldSpec(size="small", seed=seed, pool=pool, sft=SFTSpec(n_rows=1000, epochs=4, learning_rate=1e-2, batch_size=64))
+    raise ConfigError(f"unknown toy world size '{size}'; use 'small' or 'default'")
+
+
+@dataclass(frozen=True)
+class World:
+    """Where a built world's artifacts are (URIs under `root`) and what it was built from."""
+
+    root: str
+    checkpoint_dir: str
+    pool_parquet: str
+    pool_jsonl: str
+    validation_parquet: str
+    eval_prompts: str
+    defects_parquet: str
+    spec: WorldSpec
+    stats: dict[str, Any]
+
+    @property
+    def world_json(self) -> str:
+        return io.join(self.root, "world.json")
+
+
+def _world(root: str, spec: WorldSpec, stats: dict[str, Any]) -> World:
+    return World(root=root, spec=spec, stats=stats, **{key: io.join(root, rel) for key, rel in FILES.items()})
+
+
+def _cached(root: str, spec: WorldSpec) -> World | None:
+    marker = io.join(root, "world.json")
+    if not io.exists(marker):
+        return None
+    try:
+        found = io.read_json(marker)
+        digest = found["digest"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StorageError(f"{marker} is not a toy world record ({exc}); delete {root} and build again") from exc
+    if digest != spec.digest:
+        built = found.get("spec", {})
+        raise ConfigError(
+            f"{root} holds a toy world built from another spec (size={built.get('size')}, seed={built.get('seed')}, "
+            f"version={found.get('version')}); choose another output directory or delete it"
+        )
+    return _world(root, spec, found["stats"])
+
+
+def _jsonl(frame) -> str:
+    return "".join(json.dumps(record, sort_keys=True) + "\n" for record in frame.to_dict(orient="records"))
+
+
+def _pool_stats(pool, defects) -> dict[str, Any]:
+    q_chosen = [quality(p, c[-1]["content"]) for p, c in zip(pool["prompt"], pool["chosen"])]
+    q_rejected = [quality(p, r[-1]["content"]) for p, r in zip(pool["prompt"], pool["rejected"])]
+    return {
+        "n_pairs": len(pool),
+        "mean_quality_chosen": round(sum(q_chosen) / len(pool), 4),
+        "mean_quality_rejected": round(sum(q_rejected) / len(pool), 4),
+        "share_correctly_ordered": round(sum(c > r for c, r in zip(q_chosen, q_rejected)) / len(pool), 4),
+        "defects": {str(k): int(v) for k, v in defects["defect"].value_counts().sort_index().items()},
+    }
+
+
+def build_world(out_dir: str, seed: int = 0, size: str = "default") -> World:
+    """Build (or reuse) the toy world for `size` and `seed` under `out_dir` (a path or URI)."""
+    root = str(out_dir).rstrip("/")
+    spec = world_spec(size, seed)
+    cached = _cached(root, spec)
+    if cached is not None:
+        return cached
+    world = _world(root, spec, {})
+    start = time.perf_counter()
+
+    data = build_preference_data(spec.pool, seed)
+    io.write_parquet(world.pool_parquet, data.pool)
+    io.write_text(world.pool_jsonl, _jsonl(data.pool))
+    io.write_parquet(world.validation_parquet, data.validation)
+    io.write_json(world.eval_prompts, data.eval_prompts)
+    io.write_parquet(world.defects_parquet, data.defects)
+
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, spec.size, seed)
+    eval_texts = [row["instruction"] for row in data.eval_prompts]
+    untrained = mean_quality(model, tokenizer, eval_texts)
+    demos = demonstrations(data.split.train, spec.sft, seed)
+    model = train_sft(model, tokenizer, demos, spec.sft, seed)
+    fingerprint = save_checkpoint(
+        model, tokenizer, world.checkpoint_dir, metadata={"source": "prefcurate toy world", "world_digest": spec.digest}
+    )
+
+    demo_quality = [quality(m[0]["content"], m[1]["content"]) for m in demos["messages"]]
+    stats = {
+        "pool": _pool_stats(data.pool, data.defects),
+        "validation": {"n_pairs": len(data.validation)},
+        "eval_prompts": len(data.eval_prompts),
+        "sft": {
+            "n_rows": len(demos),
+            "mean_quality_demonstrations": round(sum(demo_quality) / len(demo_quality), 4),
+            "mean_quality_untrained_greedy": round(untrained, 4),
+            "mean_quality_greedy": round(mean_quality(model, tokenizer, eval_texts), 4),
+            "mean_quality_sampled": round(mean_quality(model, tokenizer, eval_texts, sample=True, seed=seed), 4),
+            "fingerprint": fingerprint,
+        },
+    }
+    record = {
+        "version": WORLD_VERSION,
+        "digest": spec.digest,
+        "spec": spec.model_dump(mode="json"),
+        "files": FILES,
+        "stats": stats,
+        "build_seconds": round(time.perf_counter() - start, 1),
+    }
+    io.write_json(world.world_json, record)  # last: its presence means the world is whole
+    return _world(root, spec, stats)

@@ -1,0 +1,225 @@
+"""The toy world's preference data: a noisy pool with planted defects, a clean validation
+pool and held-out evaluation prompts.
+
+The pool is in the UltraFeedback-binarized schema (string `prompt`, `prompt_id`, full
+conversations in `chosen`/`rejected`, 1–10 ratings) so the toy world exercises the same
+ingest path as the real data set. Which rows are defective is known only from a side
+table, never from the pool itself, so curation has to find them the way it would in real
+data; the side table is what lets tests and reports measure how well it did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from prefcurate.data import pair_id
+from prefcurate.toyworld.task import (
+    JUNK,
+    Instruction,
+    all_instructions,
+    imperfect_answer,
+    junk_answer,
+    quality,
+)
+
+DEFECTS = ("label_flip", "near_duplicate", "over_scored")
+DEFECT_COLUMNS = ["pair_id", "prompt_id", "pair_index", "defect"]
+POOL_COLUMNS = ["prompt", "prompt_id", "chosen", "rejected", "score_chosen", "score_rejected"]
+
+
+class PoolSpec(BaseModel):
+    """Sizes and planted-defect rates of the preference data (rates are shares of `n_pairs`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_pairs: int = Field(default=1000, ge=1, description="Pairs in the training pool, defects included.")
+    n_validation: int = Field(default=150, ge=1, description="Pairs in the clean validation pool.")
+    n_validation_instructions: int = Field(default=96, ge=1, description="Instructions reserved for validation pairs.")
+    n_eval_prompts: int = Field(default=100, ge=1, description="Held-out evaluation instructions.")
+    flip_rate: float = Field(default=0.30, ge=0.0, le=1.0, description="Share of pairs with chosen and rejected swapped.")
+    near_duplicate_rate: float = Field(default=0.05, ge=0.0, le=1.0, description="Share of pairs that copy another pair but for one token.")
+    over_scored_rate: float = Field(default=0.08, ge=0.0, le=1.0, description="Share of perfect-vs-junk pairs rated 10 vs 1.")
+    writer_skill: tuple[float, float] = Field(default=(0.1, 0.9), description="Range of the skill of the writers of pool answers.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PoolSpec":
+        if self.n_near_duplicates + self.n_over_scored >= self.n_pairs:
+            raise ValueError("near_duplicate_rate + over_scored_rate must leave some ordinary pairs")
+        if self.n_flips > self.n_ordinary - self.n_near_duplicates:
+            raise ValueError("flip_rate is too high: flips and near-duplicate sources must be distinct ordinary pairs")
+        lo, hi = self.writer_skill
+        if not 0.0 <= lo <= hi < 1.0:
+            raise ValueError("writer_skill must satisfy 0 <= lo <= hi < 1 (skill 1 never errs, so no pair differs)")
+        if self.n_eval_prompts + self.n_validation_instructions >= len(all_instructions()):
+            raise ValueError(f"eval and validation instructions must leave training instructions (the task has {len(all_instructions())})")
+        return self
+
+    @property
+    def n_flips(self) -> int:
+        return round(self.flip_rate * self.n_pairs)
+
+    @property
+    def n_near_duplicates(self) -> int:
+        return round(self.near_duplicate_rate * self.n_pairs)
+
+    @property
+    def n_over_scored(self) -> int:
+        return round(self.over_scored_rate * self.n_pairs)
+
+    @property
+    def n_ordinary(self) -> int:
+        """Pairs of two imperfect answers (flipped ones included)."""
+        return self.n_pairs - self.n_near_duplicates - self.n_over_scored
+
+
+@dataclass(frozen=True)
+class InstructionSplit:
+    """Disjoint instruction sets: a training instruction is never evaluated on."""
+
+    train: list[Instruction]
+    validation: list[Instruction]
+    eval: list[Instruction]
+
+
+@dataclass(frozen=True)
+class PreferenceData:
+    split: InstructionSplit
+    pool: pd.DataFrame
+    validation: pd.DataFrame
+    eval_prompts: list[dict[str, str]]
+    defects: pd.DataFrame
+
+
+def split_instructions(spec: PoolSpec, seed: int) -> InstructionSplit:
+    """Shuffle the task's instructions by `seed` and cut eval, validation and train sets."""
+    instructions = all_instructions()
+    random.Random(seed).shuffle(instructions)
+    n_eval, n_val = spec.n_eval_prompts, spec.n_validation_instructions
+    return InstructionSplit(
+        eval=instructions[:n_eval],
+        validation=instructions[n_eval : n_eval + n_val],
+        train=instructions[n_eval + n_val :],
+    )
+
+
+def rating(q: float) -> float:
+    """An UltraFeedback-style 1–10 rating of an oracle quality in [0, 1]."""
+    return round(1.0 + 9.0 * q, 2)
+
+
+def prompt_id(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+
+
+def _row(inst: Instruction, chosen: str, rejected: str) -> dict:
+    prompt = inst.text
+
+    def conversation(answer: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+    return {
+        "prompt": prompt,
+        "prompt_id": prompt_id(prompt),
+        "chosen": conversation(chosen),
+        "rejected": conversation(rejected),
+        "score_chosen": rating(quality(inst, chosen)),
+        "score_rejected": rating(quality(inst, rejected)),
+    }
+
+
+def _ordinary_pair(inst: Instruction, rng: random.Random, skill: tuple[float, float]) -> tuple[str, str]:
+    """Two answers by writers of random skill; the better one is chosen (ties are redrawn)."""
+    while True:
+        a = imperfect_answer(inst, rng, rng.uniform(*skill))
+        b = imperfect_answer(inst, rng, rng.uniform(*skill))
+        qa, qb = quality(inst, a), quality(inst, b)
+        if qa != qb:
+            return (a, b) if qa > qb else (b, a)
+
+
+def _one_token_edit(answer: str, rng: random.Random) -> str:
+    """`answer` with one junk token inserted: a near-copy that is never better than the original.
+
+    Inserting shifts later tokens right and adds a foreign token, so under the oracle the
+    edited answer scores at most what the original did; the pair's order stays right.
+    """
+    tokens = answer.split()
+    tokens.insert(rng.randrange(len(tokens) + 1), rng.choice(JUNK))
+    return " ".join(tokens)
+
+
+def _unique(draw, seen: set) -> tuple:
+    """Redraw until the pair is new: ingest rejects exact duplicates, so the pool has none."""
+    while (pair := draw()) in seen:
+        pass
+    seen.add(pair)
+    return pair
+
+
+def build_pool(split: InstructionSplit, spec: PoolSpec, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The training pool (shuffled) and its defect table (pair_id, prompt_id, pair_index, defect)."""
+    rng = random.Random(seed)
+    seen: set[tuple[Instruction, str, str]] = set()
+
+    def ordinary() -> tuple[Instruction, str, str]:
+        inst = rng.choice(split.train)
+        return (inst, *_ordinary_pair(inst, rng, spec.writer_skill))
+
+    # (instruction, chosen, rejected, defect) before rendering, so defects can copy a pair.
+    pairs = [(*_unique(ordinary, seen), None) for _ in range(spec.n_ordinary)]
+    picked = rng.sample(range(len(pairs)), spec.n_flips + spec.n_near_duplicates)
+    for i in picked[spec.n_flips :]:
+        inst, chosen, rejected, _ = pairs[i]
+        pairs.append((*_unique(lambda: (inst, chosen, _one_token_edit(rejected, rng)), seen), "near_duplicate"))
+    for i in picked[: spec.n_flips]:
+        inst, chosen, rejected, _ = pairs[i]
+        pairs[i] = (inst, rejected, chosen, "label_flip")  # scores follow: the file stays self-consistent
+    for _ in range(spec.n_over_scored):
+        inst = rng.choice(split.train)
+        pairs.append((*_unique(lambda: (inst, inst.perfect_answer, junk_answer(rng)), seen), "over_scored"))
+
+    rng.shuffle(pairs)
+    pool = pd.DataFrame([_row(inst, chosen, rejected) for inst, chosen, rejected, _ in pairs], columns=POOL_COLUMNS)
+    defects = pd.DataFrame(
+        [
+            {
+                "pair_id": pair_id(pool.at[i, "chosen"][:-1], pool.at[i, "chosen"][-1:], pool.at[i, "rejected"][-1:]),
+                "prompt_id": pool.at[i, "prompt_id"],
+                "pair_index": i,
+                "defect": defect,
+            }
+            for i, (_, _, _, defect) in enumerate(pairs)
+            if defect is not None
+        ],
+        columns=DEFECT_COLUMNS,
+    )
+    return pool, defects
+
+
+def build_validation(split: InstructionSplit, spec: PoolSpec, seed: int) -> pd.DataFrame:
+    """A clean pool on the validation instructions: every pair ordered by the oracle."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(spec.n_validation):
+        # Cycle through the instructions so each one is used before any repeats.
+        inst = split.validation[i % len(split.validation)]
+        rows.append(_row(inst, *_ordinary_pair(inst, rng, spec.writer_skill)))
+    return pd.DataFrame(rows, columns=POOL_COLUMNS)
+
+
+def build_preference_data(spec: PoolSpec, seed: int) -> PreferenceData:
+    """Pool, validation pool, eval prompts and defect table, all from `seed`."""
+    split = split_instructions(spec, seed)
+    pool, defects = build_pool(split, spec, seed + 1)
+    return PreferenceData(
+        split=split,
+        pool=pool,
+        validation=build_validation(split, spec, seed + 2),
+        eval_prompts=[{"instruction": inst.text} for inst in split.eval],
+        defects=defects,
+    )
