@@ -110,10 +110,12 @@ def _hub_snapshot(source: ModelSource) -> Path:
         where = f"{source.uri}" + (f"@{source.revision}" if source.revision else "")
         if constants.HF_HUB_OFFLINE:
             raise CheckpointError(
-                f"hub model {where} is not in the local cache and HF_HUB_OFFLINE is set; "
-                "download it first (huggingface-cli download) or give a local directory"
+                f"no local directory {source.uri}, and hub model {where} is not in the local cache while "
+                "HF_HUB_OFFLINE is set; download it first (hf download) or give a local directory"
             ) from exc
-        raise CheckpointError(f"cannot fetch hub model {where}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        raise CheckpointError(
+            f"no local directory {source.uri}, and hub model {where} cannot be fetched: {type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
 
 
 def _weight_files(local_dir: Path, allow_pickle: bool) -> tuple[str, list[Path]]:
