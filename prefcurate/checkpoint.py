@@ -184,12 +184,30 @@ def _load_tokenizer(local_dir: Path, source: ModelSource) -> tuple[Any, bool]:
         raise CheckpointError(
             f"cannot load a tokenizer from {local_dir}: {_first_line(exc)}; save it next to the model (tokenizer.save_pretrained)"
         ) from exc
-    if source.chat_template:
+    supplied = bool(source.chat_template)
+    if supplied:
         tokenizer.chat_template = _chat_template_text(source.chat_template)
-        return tokenizer, True
-    if not getattr(tokenizer, "chat_template", None):
+    elif not getattr(tokenizer, "chat_template", None):
         raise CheckpointError(f"the tokenizer in {local_dir} has no chat template; {CHAT_TEMPLATE_HINT}")
-    return tokenizer, False
+    _check_chat_template(tokenizer, local_dir)
+    return tokenizer, supplied
+
+
+def _check_chat_template(tokenizer: Any, local_dir: Path) -> None:
+    """DPO tokenises prompt and prompt + response separately: the first must prefix the second."""
+    exchange = [{"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hello."}]
+    try:
+        prompt = tokenizer.apply_chat_template(exchange[:1], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(exchange, tokenize=False)
+    except Exception as exc:
+        raise CheckpointError(
+            f"the chat template of {local_dir} cannot render a user/assistant exchange ({_first_line(exc)}); {CHAT_TEMPLATE_HINT}"
+        ) from exc
+    if not full.startswith(prompt):
+        raise CheckpointError(
+            f"the chat template of {local_dir} does not render the prompt with its generation prompt as a prefix of "
+            f"prompt + response, which DPO needs; {CHAT_TEMPLATE_HINT}"
+        )
 
 
 def _safetensors_parameters(files: list[Path]) -> int:

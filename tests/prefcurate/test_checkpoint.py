@@ -141,6 +141,20 @@ def test_missing_chat_template_names_the_flag(tiny, tmp_path):
         inspect_checkpoint(ModelSource(uri=str(bare), chat_template=str(tmp_path / "nope.jinja")))
 
 
+def test_chat_template_must_prefix_the_completion(tiny, tmp_path):
+    path, _, _ = tiny
+    bad = tmp_path / "bad.jinja"
+    bad.write_text(
+        "{% for m in messages %}{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+    )
+    with pytest.raises(CheckpointError, match="prefix of prompt \\+ response"):
+        inspect_checkpoint(ModelSource(uri=str(path), chat_template=str(bad)))
+    broken = tmp_path / "broken.jinja"
+    broken.write_text("{{ raise_exception('roles must alternate') }}")
+    with pytest.raises(CheckpointError, match="roles must alternate"):
+        inspect_checkpoint(ModelSource(uri=str(path), chat_template=str(broken)))
+
+
 @pytest.mark.parametrize(
     "breakage, message",
     [
