@@ -65,3 +65,20 @@ def toy_world(tmp_path_factory: pytest.TempPathFactory):
     from prefcurate.toyworld.build import build_world
 
     return build_world(str(tmp_path_factory.mktemp("toy_world")), seed=0, size="small")
+
+
+# --- Prefect: one throwaway API for the session ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A temporary Prefect API (sqlite, PREFECT_HOME in a temp dir) for the session; yields its URL.
+
+    Started once: the server takes seconds to boot on two cores.
+    """
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    with temporary_settings(updates={PREFECT_HOME: str(home)}), prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()

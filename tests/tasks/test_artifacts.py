@@ -9,27 +9,9 @@ import pytest
 from prefect import flow, task
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-from prefect.testing.utilities import prefect_test_harness
 
 from prefcurate.tracking import RunHandle
 from tasks import artifacts
-
-
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    import os
-
-    home = tmp_path_factory.mktemp("prefect-home")
-    old = os.environ.get("PREFECT_HOME")
-    os.environ["PREFECT_HOME"] = str(home)
-    try:
-        with prefect_test_harness(server_startup_timeout=120):
-            yield
-    finally:
-        if old is None:
-            os.environ.pop("PREFECT_HOME", None)
-        else:
-            os.environ["PREFECT_HOME"] = old
 
 
 def _latest(key: str):
@@ -61,7 +43,7 @@ def test_helpers_do_nothing_outside_a_run():
     assert artifacts.publish_markdown("m", "# x") is None
 
 
-def test_artifacts_inside_a_flow_run(harness):
+def test_artifacts_inside_a_flow_run(prefect_harness):
     handle = RunHandle(tracking_uri="sqlite:///x.db", run_id="abc123", experiment_id="7")
     seen: list[float] = []
 
@@ -95,7 +77,7 @@ def test_artifacts_inside_a_flow_run(harness):
 
 
 @pytest.mark.slow
-def test_trainer_progress_reaches_100_percent(tmp_path, harness):
+def test_trainer_progress_reaches_100_percent(tmp_path, prefect_harness):
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 
