@@ -91,3 +91,34 @@ def test_evaluate_rejects_mismatched_inputs(tmp_path):
         evaluate_output_files({"ref": ref}, "sft", judge, str(tmp_path / "out"))
     with pytest.raises(DataError, match="reference model 'sft' is not among the models"):
         evaluate({"a": "unused"}, INSTRUCTIONS, "sft", judge, str(tmp_path / "out"), GenerationConfig())
+
+
+@pytest.mark.slow
+def test_toy_world_dpo_beats_sft_and_everything_is_deterministic(toy_world, tmp_path):
+    from prefcurate import io
+    from prefcurate.config import TrainingConfig
+    from prefcurate.data import load_pairs
+    from prefcurate.dpo import train_dpo
+
+    pairs = load_pairs(toy_world.pool_parquet).pairs
+    training = TrainingConfig()  # DESIGN §4: lr 2e-4, β 0.5, batch 32, 3 epochs beat SFT
+    first = train_dpo(toy_world.checkpoint_dir, pairs, str(tmp_path / "full_a"), training, epochs=3)
+    second = train_dpo(toy_world.checkpoint_dir, pairs, str(tmp_path / "full_b"), training, epochs=3)
+    assert first.fingerprint == second.fingerprint
+
+    prompts = [row["instruction"] for row in io.read_json(toy_world.eval_prompts)]
+    gen = GenerationConfig(do_sample=True, n_samples=4, max_new_tokens=16, seed=0)
+    runs = []
+    for name, trained in [("a", first), ("b", second)]:
+        out = tmp_path / f"eval_{name}"
+        board = evaluate({"sft": toy_world.checkpoint_dir, "full": trained.uri}, prompts, "sft",
+                         make_judge(JudgeConfig(), None), str(out), gen)
+        runs.append((board, _read(out / "full" / "model_outputs.json")))
+    (board, outputs), (board_again, outputs_again) = runs
+    pd.testing.assert_frame_equal(board, board_again)
+    assert outputs == outputs_again
+
+    full = board.loc["full"]
+    assert full["n_total"] == 4 * len(prompts)
+    assert full["win_rate"] - 2 * full["standard_error"] > 50, board
+    assert full["single_score"] > board.loc["sft", "single_score"]
