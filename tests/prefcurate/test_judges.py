@@ -105,6 +105,8 @@ class FakeEndpoint:
         self.fail_first: list[int] = []  # HTTP statuses to answer before behaving
         self.delay_s = 0.0
         self.mode = "logprobs"  # or "text", "garbage"
+        self.in_flight = self.max_in_flight = 0
+        lock = threading.Lock()
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -120,7 +122,12 @@ class FakeEndpoint:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                with lock:
+                    endpoint.in_flight += 1
+                    endpoint.max_in_flight = max(endpoint.max_in_flight, endpoint.in_flight)
                 time.sleep(endpoint.delay_s)
+                with lock:
+                    endpoint.in_flight -= 1
                 payload = json.dumps(endpoint.answer(body)).encode()
                 try:
                     self.send_response(200)
@@ -222,6 +229,13 @@ def test_openai_single_grading(endpoint, tmp_path):
     assert judge.single_many([("q", "a GOOD answer"), ("q", "a bad answer")]) == [7.0, -1.0]
     assert (judge.stats.judged, judge.stats.unparseable) == (1, 1)
     assert endpoint.requests[0]["body"]["max_tokens"] == 512
+
+
+def test_openai_concurrency_is_limited(endpoint):
+    endpoint.delay_s = 0.1
+    judge = make_judge(_config(endpoint, max_concurrency=3), None)
+    assert judge.pairwise_many(ITEMS) == pytest.approx([1.1] * 6 + [1.9] * 6)
+    assert endpoint.max_in_flight == 3  # parallel, and never more than the limit
 
 
 def test_openai_retries_429_and_5xx(endpoint, tmp_path, caplog):
