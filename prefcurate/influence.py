@@ -34,6 +34,7 @@ from prefcurate.logps import (
     dpo_loss,
     iter_batches,
     make_collator,
+    reference_index,
     reference_tensors,
     tokenize_pairs,
     truncation_flags,
@@ -117,6 +118,7 @@ def validation_gradient(
     names = list(params)
     total = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
     tokenized = _prepare(val_pairs, tokenizer)
+    ref_logps = reference_index(ref_logps)
     n, loss_sum = len(tokenized), 0.0
     device = _device(model)
     try:
@@ -226,6 +228,7 @@ def influence_scores(
     tangent = _aligned(gradient, params, device)
     val_norm = gradient.norm()
     tokenized = _prepare(pairs, tokenizer)
+    ref_logps = reference_index(ref_logps)
     collator = make_collator(tokenizer, max_length, truncation_mode)
     frames = []
     try:

@@ -131,9 +131,23 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def reference_index(ref_logps: pd.DataFrame) -> pd.DataFrame:
+    """The stored reference frame indexed by pair_id, once (a pair stored twice must agree with itself)."""
+    if ref_logps.index.name == "pair_id":
+        return ref_logps
+    frame = ref_logps[["pair_id", "chosen_logps", "rejected_logps"]].drop_duplicates()
+    dupes = frame["pair_id"][frame["pair_id"].duplicated()].unique().tolist()
+    if dupes:
+        raise ScoringError(
+            f"reference log-probs disagree for {len(dupes)} pair ids stored twice (e.g. {dupes[:5]}); "
+            "recompute them with one reference model"
+        )
+    return frame.set_index("pair_id")
+
+
 def reference_tensors(ref_logps: pd.DataFrame, pair_ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(ref chosen, ref rejected) log-probs for `pair_ids`, read from a stored frame keyed by pair_id."""
-    indexed = ref_logps.set_index("pair_id")
+    indexed = reference_index(ref_logps)
     missing = [p for p in pair_ids if p not in indexed.index]
     if missing:
         raise ScoringError(

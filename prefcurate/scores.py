@@ -22,7 +22,7 @@ from prefcurate.checkpoint import load_checkpoint
 from prefcurate.config import ScoringConfig, TrainingConfig
 from prefcurate.errors import ScoringError
 from prefcurate.influence import ValidationGradient, influence_scores, with_lora
-from prefcurate.logps import compute_logps, dpo_loss, reference_tensors, tokenize_pairs
+from prefcurate.logps import compute_logps, dpo_loss, reference_index, reference_tensors, tokenize_pairs
 
 SCORE_COLUMNS = [
     "pair_id", "if", "tif", "lossdiff", "irm",
@@ -77,6 +77,7 @@ def score_shard(
     tokenized = tokenize_pairs(pairs, models.tokenizer)
     shape = dict(batch_size=scoring.batch_size, max_length=training.max_length, truncation_mode=training.truncation_mode)
     ids = list(tokenized["pair_id"])
+    ref_logps = reference_index(ref_logps)
     ref_c, ref_r = reference_tensors(ref_logps, ids)
     if scoring.compute_if:
         if gradient is None:

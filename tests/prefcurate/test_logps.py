@@ -115,3 +115,12 @@ def test_missing_reference_rows_name_the_pairs():
     frame = pd.DataFrame({"pair_id": ["a"], "chosen_logps": [-1.0], "rejected_logps": [-2.0]})
     with pytest.raises(ScoringError, match="missing for 1 pairs.*'b'"):
         reference_tensors(frame, ["a", "b"])
+
+
+def test_reference_frame_may_repeat_a_pair_only_with_the_same_values():
+    frame = pd.DataFrame({"pair_id": ["a", "b", "a"], "chosen_logps": [-1.0, -3.0, -1.0], "rejected_logps": [-2.0, -4.0, -2.0]})
+    chosen, rejected = reference_tensors(frame, ["b", "a"])
+    assert chosen.tolist() == [-3.0, -1.0] and rejected.tolist() == [-4.0, -2.0]
+    frame.loc[2, "chosen_logps"] = -9.0
+    with pytest.raises(ScoringError, match="disagree for 1 pair ids.*'a'"):
+        reference_tensors(frame, ["a"])
