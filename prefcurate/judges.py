@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import httpx
 from tqdm.auto import tqdm
 
 from prefcurate import io
@@ -208,13 +209,15 @@ class Judge(ABC):
                     progress(done, len(items))
 
         batches = self._batches(todo)
-        if self.max_concurrency > 1 and len(batches) > 1:
-            with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
-                list(pool.map(work, batches))
-        else:
-            for batch in batches:
-                work(batch)
-        bar.close()
+        try:
+            if self.max_concurrency > 1 and len(batches) > 1:
+                with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
+                    list(pool.map(work, batches))
+            else:
+                for batch in batches:
+                    work(batch)
+        finally:
+            bar.close()
         bad = sum(1 for v in results if v is None)
         if bad:
             log.warning("%s judge: %d of %d %s judgments gave no verdict", self.name, bad, len(items), mode)
@@ -363,8 +366,6 @@ class OpenAIJudge(Judge):
 
     def __init__(self, config: JudgeConfig, cache_dir: str | os.PathLike | None):
         super().__init__(cache_dir, max_concurrency=config.max_concurrency)
-        import httpx
-
         if not config.base_url or not config.model:
             raise ConfigError("the openai judge needs judge.base_url and judge.model (the endpoint and its model name)")
         key = os.environ.get(config.api_key_env, "")
@@ -380,7 +381,6 @@ class OpenAIJudge(Judge):
             headers={"Authorization": f"Bearer {key}"},
             limits=httpx.Limits(max_connections=config.max_concurrency),
         )
-        self._httpx = httpx
 
     @property
     def identity(self) -> dict:
@@ -455,7 +455,6 @@ class OpenAIJudge(Judge):
     def _post(self, body: dict) -> dict | None:
         """The parsed response, retrying 429/5xx/timeouts with exponential backoff; None when it gives up."""
         body = {"model": self.config.model, "temperature": 0, "seed": self.config.seed, **body}
-        httpx = self._httpx
         for attempt in range(self.config.max_retries + 1):
             delay = self.config.retry_backoff_s * (2**attempt)
             try:
