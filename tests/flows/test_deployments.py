@@ -1,0 +1,101 @@
+"""Deployments: prefect.yaml deploys through Prefect's own CLI, and `prefcurate serve` builds the same three."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from prefcurate.config import DataSource, ModelSource, NightlyConfig
+from prefcurate.errors import PrefcurateError
+
+ROOT = Path(__file__).resolve().parents[2]
+EXPECTED = {  # deployment → (entrypoint, flow name)
+    "nightly-curation": ("flows/nightly.py:nightly", "nightly-curation"),
+    "curate": ("flows/curate.py:curate", "curate"),
+    "evaluate": ("flows/evaluate.py:evaluate", "evaluate"),
+}
+
+
+def _leaves_without_description(schema: dict[str, Any]) -> list[str]:
+    """Form fields (non-section properties) of every model in a parameter schema that lack a description."""
+    missing = []
+    for model, definition in schema.get("definitions", {}).items():
+        for name, prop in definition.get("properties", {}).items():
+            is_section = "$ref" in prop or any("$ref" in p for p in prop.get("allOf", []) + prop.get("anyOf", []))
+            if not is_section and not prop.get("description"):
+                missing.append(f"{model}.{name}")
+    return missing
+
+
+def test_prefect_yaml_declares_the_three_deployments():
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    assert {name: d["entrypoint"] for name, d in deployments.items()} == {k: v[0] for k, v in EXPECTED.items()}
+    assert {d["work_pool"]["name"] for d in deployments.values()} == {"prefcurate-process"}
+    (schedule,) = deployments["nightly-curation"]["schedules"]
+    assert schedule["cron"] == "0 2 * * *" and "prefect.variables.prefcurate_timezone" in schedule["timezone"]
+    assert not deployments["curate"].get("schedules") and not deployments["evaluate"].get("schedules")
+
+
+def test_serve_builds_the_deployments_with_forms():
+    from flows.serve import deployments
+
+    config = NightlyConfig(model=ModelSource(uri="/models/sft"), data=DataSource(pool_uri="/data/pool.parquet"))
+    built = {d.name: d for d in deployments(config, timezone="Europe/Berlin")}
+    assert set(built) == set(EXPECTED)
+    assert {d.entrypoint for d in built.values()} == {v[0] for v in EXPECTED.values()}
+    (nightly,) = built["nightly-curation"].schedules
+    assert nightly.schedule.cron == "0 2 * * *" and nightly.schedule.timezone == "Europe/Berlin" and nightly.active
+    assert built["nightly-curation"].parameters["config"]["data"]["pool_uri"] == "/data/pool.parquet"
+    assert not built["curate"].schedules and built["curate"].parameters == {}
+    for name, deployment in built.items():
+        schema = deployment._parameter_openapi_schema.model_dump()
+        assert schema["required"] == ["config"], name
+        assert _leaves_without_description(schema) == [], name
+    rule = built["curate"]._parameter_openapi_schema.model_dump()["definitions"]["SelectionConfig"]["properties"]["rule"]
+    assert "lossdiff-irm" in rule["enum"]  # choices render as a dropdown
+
+    (idle,) = {d.name: d for d in deployments(None)}["nightly-curation"].schedules
+    assert not idle.active  # nothing to curate without a config: scheduled but switched off
+    with pytest.raises(PrefcurateError, match="IANA timezone"):
+        deployments(None, timezone="Mars/Olympus")
+    with pytest.raises(PrefcurateError, match="cron"):
+        deployments(None, cron="every night")
+
+
+@pytest.mark.slow
+def test_prefect_deploy_all_creates_them_on_a_server(prefect_harness, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import VariableCreate, WorkPoolCreate
+
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="prefcurate-process", type="process"))
+        client.create_variable(VariableCreate(name="prefcurate_timezone", value="Europe/Berlin"))
+        client.create_variable(VariableCreate(name="prefcurate_model_uri", value="/models/sft"))
+        client.create_variable(VariableCreate(name="prefcurate_pool_uri", value="s3://prefs/new.parquet"))
+    env = {**os.environ, "PREFECT_API_URL": prefect_harness, "PREFECT_HOME": str(tmp_path), "PWD": str(ROOT)}
+    prefect = Path(sys.executable).parent / "prefect"
+    done = subprocess.run([str(prefect), "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    with get_client(sync_client=True) as client:
+        deployed = {d.name: d for d in client.read_deployments()}
+        flow_names = {d.name: client.read_flow(d.flow_id).name for d in deployed.values()}
+    assert {name: (d.entrypoint, flow_names[name]) for name, d in deployed.items()} == EXPECTED
+    nightly = deployed["nightly-curation"]
+    (schedule,) = nightly.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone, schedule.active) == ("0 2 * * *", "Europe/Berlin", True)
+    assert nightly.parameters["config"]["model"]["uri"] == "/models/sft"
+    assert nightly.parameters["config"]["data"]["pool_uri"] == "s3://prefs/new.parquet"
+    assert nightly.global_concurrency_limit is not None and nightly.global_concurrency_limit.limit == 1
+    assert nightly.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
+    for name, deployment in deployed.items():
+        assert deployment.work_pool_name == "prefcurate-process"
+        assert _leaves_without_description(deployment.parameter_openapi_schema) == [], name
