@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -99,3 +100,24 @@ def test_prefect_deploy_all_creates_them_on_a_server(prefect_harness, tmp_path):
     for name, deployment in deployed.items():
         assert deployment.work_pool_name == "prefcurate-process"
         assert _leaves_without_description(deployment.parameter_openapi_schema) == [], name
+
+
+def test_ci_workflow_sends_a_valid_config_to_an_existing_deployment(tmp_path):
+    from prefcurate.config import RunConfig
+
+    workflow = yaml.safe_load((ROOT / "examples/ci/retrain.yml").read_text())
+    steps = {s.get("name"): s for s in workflow["jobs"]["curate"]["steps"]}
+    script = steps["Build the flow parameters"]["run"].split("<<'PY'\n", 1)[1].rsplit("PY", 1)[0]
+    config = tmp_path / "curate.yaml"
+    config.write_text("model: {uri: /models/sft}\ndata: {pool_uri: /data/old.parquet}\ntraining: {beta: 0.3}\n")
+    env = {**os.environ, "CONFIG": str(config), "RUN_NAME": "ci-123456", "POOL_URI": "s3://prefs/new.parquet"}
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, check=True)
+
+    params = json.loads((tmp_path / "params.json").read_text())
+    sent = RunConfig.model_validate(params["config"])  # what the deployment's schema will check
+    assert (sent.run_name, sent.data.pool_uri, sent.training.beta) == ("ci-123456", "s3://prefs/new.parquet", 0.3)
+
+    command = steps["Run curate and wait for it"]["run"]
+    flow_name, deployment = command.split("prefect deployment run ", 1)[1].split()[0].split("/")
+    assert (flow_name, deployment) == (EXPECTED["curate"][1], "curate")
+    assert "--watch" in command and '--params "$(cat params.json)"' in command
