@@ -1,4 +1,5 @@
 import json
+from io import StringIO
 
 import numpy as np
 import pandas as pd
@@ -122,3 +123,16 @@ def test_toy_world_dpo_beats_sft_and_everything_is_deterministic(toy_world, tmp_
     assert full["n_total"] == 4 * len(prompts)
     assert full["win_rate"] - 2 * full["standard_error"] > 50, board
     assert full["single_score"] > board.loc["sft", "single_score"]
+
+
+def test_evaluate_output_files_to_s3(tmp_path, s3_bucket):
+    from prefcurate import io
+
+    ref = _outputs(tmp_path, "ref", ["apple done", "river done", "stone done", "tiger done"])
+    new = _outputs(tmp_path, "new", ["apple apple done", "river river river done", "stone done", "um"])
+    out = f"{s3_bucket}/run/eval"
+    board = evaluate_output_files({"ref": ref, "new": new}, "ref", make_judge(JudgeConfig(), None), out)
+    on_s3 = pd.read_csv(StringIO(io.read_text(f"{out}/leaderboard.csv")), index_col=0)
+    pd.testing.assert_frame_equal(on_s3, board, check_dtype=False)
+    assert len(io.read_json(f"{out}/new/annotations.json")) == 4
+    assert io.read_json(f"{out}/ref/model_outputs.json")[0]["output"] == "apple done"
