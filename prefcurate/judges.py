@@ -118,7 +118,7 @@ class Judge(ABC):
     cacheable: bool = True
 
     def __init__(self, cache_dir: str | os.PathLike | None, max_concurrency: int = 1):
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.cache_dir = str(cache_dir) if cache_dir is not None else None  # a local path or any fsspec URI
         self.max_concurrency = max_concurrency
         self.stats = JudgeStats()
         self._lock = threading.Lock()
@@ -169,18 +169,18 @@ class Judge(ABC):
     def _key(self, mode: str, item: tuple) -> str:
         return io.sha256_json({"judge": self.identity, "mode": mode, "item": list(item)})
 
-    def _cache_path(self, key: str) -> Path | None:
+    def _cache_uri(self, key: str) -> str | None:
         if self.cache_dir is None or not self.cacheable:
             return None
-        return self.cache_dir / key[:2] / f"{key}.json"
+        return io.join(self.cache_dir, key[:2], f"{key}.json")
 
     def _run(self, mode: str, items: list[tuple], compute, progress: Progress | None) -> list[float | None]:
         results: list[float | None] = [None] * len(items)
         todo: list[int] = []
         for i, item in enumerate(items):
-            path = self._cache_path(self._key(mode, item))
-            if path is not None and path.is_file():
-                results[i] = io.read_json(str(path))["value"]
+            uri = self._cache_uri(self._key(mode, item))
+            if uri is not None and io.exists(uri):
+                results[i] = io.read_json(uri)["value"]
                 self.stats.cached += 1
             else:
                 todo.append(i)
@@ -192,9 +192,9 @@ class Judge(ABC):
             verdicts = compute([items[i] for i in batch_idx])
             for i, (value, status, raw) in zip(batch_idx, verdicts):
                 results[i] = value
-                path = self._cache_path(self._key(mode, items[i])) if status == OK else None
-                if path is not None:
-                    io.write_json(str(path), {"value": value, "mode": mode, "judge": self.name, "raw": raw})
+                uri = self._cache_uri(self._key(mode, items[i])) if status == OK else None
+                if uri is not None:
+                    io.write_json(uri, {"value": value, "mode": mode, "judge": self.name, "raw": raw})
             with self._lock:
                 for _, status, _ in verdicts:
                     if status == OK:
@@ -275,11 +275,11 @@ class RewardModelJudge(Judge):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from prefcurate.checkpoint import fingerprint
+        from prefcurate.checkpoint import default_cache_dir, fingerprint
 
         self.batch_size = batch_size
         self._uri = model_dir
-        with io.local_copy_dir(model_dir, Path(cache_dir or ".prefcurate-cache") / "reward-models") as local:
+        with io.local_copy_dir(model_dir, default_cache_dir()) as local:
             local = Path(local)
             if not local.is_dir():
                 raise CheckpointError(f"reward model {model_dir} is not a directory; give a local or s3:// checkpoint directory")

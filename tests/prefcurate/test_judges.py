@@ -208,6 +208,14 @@ def test_openai_pairwise_from_logprobs_maps_swaps_back(endpoint, tmp_path, caplo
             assert KEY not in file.read_text()
 
 
+def test_verdict_cache_on_s3(endpoint, s3_bucket):
+    cache = f"{s3_bucket}/judgments"
+    first = make_judge(_config(endpoint), cache).pairwise_many(ITEMS[:3])
+    again = make_judge(_config(endpoint), cache)
+    assert again.pairwise_many(ITEMS[:3]) == first
+    assert again.stats.cached == 3 and len(endpoint.requests) == 3
+
+
 def test_openai_pairwise_from_text_and_unparseable(endpoint, tmp_path):
     endpoint.mode = "text"
     judge = make_judge(_config(endpoint, logprobs=False), tmp_path / "cache")
