@@ -13,6 +13,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from prefect.logging.configuration import ensure_logging_setup
 from prefect.tasks import exponential_backoff
@@ -44,19 +46,37 @@ IO_RETRIES: dict[str, Any] = {
 }
 
 
-def wire_core_logging() -> logging.Logger:
+class _RunLogForwarder(logging.Handler):
+    """Forwards a record to Prefect's API log handler only inside a flow or task run
+    (outside one, e.g. a core call in a notebook, there is no run to attach it to)."""
+
+    def __init__(self, target: logging.Handler):
+        super().__init__()
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if FlowRunContext.get() is not None or TaskRunContext.get() is not None:
+            self.target.handle(record)
+
+
+def wire_core_logging() -> logging.Logger | logging.LoggerAdapter:
     """Send the core's `prefcurate.*` log lines to the Prefect run log (UI) as well as the console.
 
     Same effect as PREFECT_LOGGING_EXTRA_LOGGERS=prefcurate, but also in Dask workers and
-    whatever the environment says. Returns the task's run logger.
+    whatever the environment says. Returns the task's run logger (a plain logger when a
+    task's `.fn` is called outside a run).
     """
     ensure_logging_setup()
     core = logging.getLogger(CORE_LOGGER)
     core.setLevel(logging.INFO)
+    wired = {h.target for h in core.handlers if isinstance(h, _RunLogForwarder)}
     for handler in logging.getLogger("prefect.extra").handlers:
-        if handler not in core.handlers:
-            core.addHandler(handler)
-    return get_run_logger()
+        if handler not in wired:
+            core.addHandler(_RunLogForwarder(handler))
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("prefcurate.tasks")
 
 
 @dataclass

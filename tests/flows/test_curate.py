@@ -1,0 +1,151 @@
+"""The `curate` flow on the small toy world: Prefect states, the run layout, MLflow's run tree,
+Prefect artifacts, a rerun that recomputes nothing, and Dask scoring = in-process scoring."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from prefcurate import io
+from prefcurate.config import RunConfig, load_config
+from prefcurate.manifest import read_manifest
+
+pytestmark = pytest.mark.slow
+
+LAYOUT = [
+    "data/train.parquet", "data/validation.parquet", "data/eval_prompts.parquet", "data/rejects.parquet",
+    "models/warmup/model.safetensors", "models/val/model.safetensors", "gradients/val_grad.safetensors",
+    "scores/ref_logps.parquet", "scores/scores.parquet", "selection/selection.parquet", "selection/selection.json",
+    "selection/agreement.json", "selection/baselines/random/selection.parquet",
+    "models/final/selected/model.safetensors", "models/final/full/model.safetensors",
+    "models/final/random/model.safetensors", "eval/leaderboard.csv", "eval/sft/model_outputs.json",
+    "eval/selected/annotations.json", "report.md", "figures",
+]  # fmt: skip
+
+
+def _manifests(run) -> dict:
+    return {p.stem: read_manifest(str(p)) for p in sorted((run / "manifests").glob("*.json"))}
+
+
+async def _prefect_records():
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        runs = await client.read_flow_runs()
+        names = {f.id: f.name for f in await client.read_flows()}
+        artifacts = await client.read_artifacts()
+    return [(names[r.flow_id], r.state.type.value) for r in runs], {a.key for a in artifacts}
+
+
+def test_run_layout_and_manifests(curated):
+    assert curated.exit_code == 0, curated.stdout
+    for rel in LAYOUT:
+        assert (curated.run / rel).exists(), rel
+    manifests = _manifests(curated.run)
+    shards = [s for s in manifests if s.startswith("score-shard-")]
+    assert len(shards) == 4  # 240 pairs / 60
+    assert sum(manifests[s].rows["pairs"] for s in shards) == manifests["score"].rows["pairs"] == 240
+    kept = pd.read_parquet(curated.run / "selection" / "selection.parquet")
+    assert manifests["select"].rows["kept"] == len(kept) == manifests["final-selected"].rows["pairs"]
+    random = pd.read_parquet(curated.run / "selection" / "baselines" / "random" / "selection.parquet")
+    assert len(random) == len(kept) == manifests["final-random"].rows["pairs"]
+    assert manifests["final-full"].rows["pairs"] == 240
+    # every manifest's hashes match the files on disk
+    for manifest in manifests.values():
+        for name, uri in manifest.outputs.items():
+            from prefcurate.manifest import content_hash
+
+            assert content_hash(uri) == manifest.hashes[name], (manifest.stage, name)
+
+
+def test_prefect_states_and_artifacts(curated):
+    runs, keys = asyncio.run(_prefect_records())
+    assert ("curate", "COMPLETED") in runs
+    assert ("score-pool", "COMPLETED") in runs  # the scoring sub-flow on its own task runner
+    assert {"leaderboard", "selection-summary", "agreement-overlap", "run-report", "mlflow-run"} <= keys
+
+
+def test_mlflow_run_tree(curated):
+    client = MlflowClient(tracking_uri=curated.tracking_uri)
+    exp = client.get_experiment_by_name("flows-test")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`prefcurate.flow` = 'curate'")
+    assert len(runs) == 1
+    parent = runs[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags.get("prefect.flow_run_id")
+    assert parent.data.params["training.learning_rate"] == "0.0002"
+    assert parent.data.params["scoring.shard_size"] == "60"
+    children = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    stages = {c.data.tags["prefcurate.stage"]: c for c in children}
+    assert {"ingest", "reference", "warmup", "val", "val-gradient", "score", "select", "final-selected", "final-full",
+            "final-random", "judge"} <= set(stages)  # fmt: skip
+    assert all(c.info.status == "FINISHED" for c in children)
+    ingest = stages["ingest"].data
+    assert len(ingest.params["model.fingerprint"]) == 64 and "data.hash.train" in ingest.params
+    assert ingest.metrics["rows.train"] == 240
+    # TRL's loss curve, logged into the stage's own run
+    history = client.get_metric_history(stages["warmup"].info.run_id, "train/loss")
+    assert len(history) >= 1
+    select = stages["select"].data.metrics
+    kept = pd.read_parquet(curated.run / "selection" / "selection.parquet")
+    assert select["kept_fraction"] == pytest.approx(len(kept) / 240)
+    assert "pearson_if.lossdiff" in select and "overlap_tif.lossdiff-irm" in select
+    board = pd.read_csv(curated.run / "eval" / "leaderboard.csv", index_col=0)
+    assert stages["judge"].data.metrics["win_rate.selected"] == pytest.approx(board.loc["selected", "win_rate"])
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"report.md", "figures"} <= artifacts
+    figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert len(figures) == 4
+    assert {a.path for a in client.list_artifacts(stages["score"].info.run_id, "scores")} == {"scores/scores.parquet"}
+    version = client.get_model_version_by_alias("toy-selected", "candidate")
+    assert version.run_id == stages["register"].info.run_id
+
+
+def test_rerun_recomputes_nothing_and_gives_the_same_result(curated, prefect_harness):
+    from flows.curate import curate
+
+    before = _manifests(curated.run)
+    config = load_config(RunConfig, curated.config_file)
+    state = curate(config, return_state=True)
+    assert state.is_completed()
+    result = state.result()
+    after = _manifests(curated.run)
+    assert set(after) == set(before)
+    for stage, manifest in before.items():
+        assert after[stage].created_at == manifest.created_at, stage
+    board = pd.read_csv(curated.run / "eval" / "leaderboard.csv", index_col=0)
+    assert {r["model"]: r["win_rate"] for r in result.leaderboard} == pytest.approx(board["win_rate"].to_dict())
+    assert result.n_kept == before["select"].rows["kept"]
+
+
+def test_dask_scoring_equals_in_process(curated, prefect_harness, tmp_path):
+    from flows.curate import score_pool
+    from flows.runs import task_runner
+    from prefcurate.config import ScaleOutConfig
+
+    m = _manifests(curated.run)
+    config = load_config(RunConfig, curated.config_file)
+    run = str(tmp_path / "dask-run")
+    runner = task_runner(ScaleOutConfig(task_runner="dask", workers=2, processes=False))
+    merged = score_pool.with_options(task_runner=runner)(
+        m["ingest"], m["reference"], m["warmup"], m["val"], m["val-gradient"], config.training, config.scoring, run
+    )
+    assert merged.run_uri == run and merged.rows["shards"] == 4
+    dask_scores = io.read_parquet(merged.outputs["scores"])
+    local_scores = pd.read_parquet(curated.run / "scores" / "scores.parquet")
+    pd.testing.assert_frame_equal(dask_scores, local_scores, check_exact=True)
+
+
+def test_invalid_flow_parameters_fail_before_any_work(prefect_harness, tmp_path):
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.curate import curate
+
+    bad = {"root": str(tmp_path / "runs"), "model": {"uri": "m"}, "data": {"pool_uri": "p"},
+           "scoring": {"tif_band": [80, 20]}}  # fmt: skip
+    with pytest.raises(ParameterTypeError, match="tif_band"):
+        curate(bad)
+    assert not (tmp_path / "runs").exists()
