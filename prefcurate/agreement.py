@@ -36,7 +36,7 @@ class AgreementReport:
     """Four tables (pandas) and the notes that explain any gaps in them."""
 
     correlations: pd.DataFrame  # index: score; pearson, spearman, n, paper_pearson
-    overlap: pd.DataFrame  # index: selection name; rule, n_kept, kept_fraction, overlap_tif, paper_overlap
+    overlap: pd.DataFrame  # index: selection name; rule, n_kept, kept_fraction, overlap_tif, chance, paper_overlap
     detection: pd.DataFrame  # index: defect; n, auroc_<score>... (empty without defect labels)
     removal: pd.DataFrame  # index: defect or "clean"; n, then pairs removed by each selection
     notes: list[str] = field(default_factory=list)
@@ -101,6 +101,32 @@ def write_agreement(report: AgreementReport, dir_uri: str) -> str:
     return io.write_text(io.join(dir_uri, AGREEMENT_JSON), report.to_json())
 
 
+def toy_defects(defects_uri: str, pool_uri: str) -> pd.DataFrame:
+    """The toy world's defect side table (prompt_id, pair_index, defect) keyed by pair_id.
+
+    `pair_index` is a row of the raw pool file (`pool_uri`, the world's pool.parquet or
+    pool.jsonl — not the ingested train pairs, whose rows are re-ordered by the validation
+    carve); each row is read and normalised exactly as ingest does, giving its pair_id. A
+    defect row that ingest rejects gets the id `rejected-row-<i>`, so the report counts it
+    as absent from the pool rather than losing it.
+    """
+    from prefcurate.data import load_pairs
+
+    table = io.read_parquet(defects_uri)
+    missing = {"pair_index", "defect"} - set(table.columns)
+    if missing:
+        raise SelectionError(f"{defects_uri} lacks columns {sorted(missing)}; pass the toy world's defects.parquet")
+    loaded = load_pairs(pool_uri)
+    by_row = dict(zip(loaded.rows, loaded.pairs["pair_id"]))
+    if len(table) and int(table["pair_index"].max()) >= loaded.rows_read:
+        raise SelectionError(
+            f"{defects_uri} points at pool row {int(table['pair_index'].max())} but {pool_uri} has {loaded.rows_read} rows; "
+            "pass the raw pool file the defects were built with"
+        )
+    ids = [by_row.get(int(i), f"rejected-row-{int(i)}") for i in table["pair_index"]]
+    return pd.DataFrame({"pair_id": ids, "defect": table["defect"].astype(str).to_numpy()})
+
+
 def overlap_coefficient(a: set[str], b: set[str]) -> float:
     """|A∩B| / min(|A|, |B|): 1 when the smaller set lies inside the larger one."""
     if not a or not b:
@@ -151,16 +177,20 @@ def _tif_ids(scores: pd.DataFrame, selections: dict[str, Selection], notes: list
 
 
 def _overlap(selections: dict[str, Selection], tif_ids: set[str] | None) -> pd.DataFrame:
+    """Overlap with TIF beside its chance level: a larger selection overlaps more by size alone."""
     rows = {}
     for name, selection in selections.items():
+        k = selection.n_kept
         rows[name] = {
             "rule": selection.rule,
-            "n_kept": selection.n_kept,
+            "n_kept": k,
             "kept_fraction": selection.kept_fraction,
             "overlap_tif": math.nan if not tif_ids else overlap_coefficient(set(selection.kept_ids), tif_ids),
+            # E|A∩T| for a random A of size k is k·|T|/n.
+            "chance": math.nan if not tif_ids else k * len(tif_ids) / selection.n_pool / min(k, len(tif_ids)),
             "paper_overlap": PAPER_OVERLAP.get(selection.rule, ""),
         }
-    columns = ["rule", "n_kept", "kept_fraction", "overlap_tif", "paper_overlap"]
+    columns = ["rule", "n_kept", "kept_fraction", "overlap_tif", "chance", "paper_overlap"]
     return pd.DataFrame.from_dict(rows, orient="index", columns=columns).rename_axis("selection")
 
 

@@ -51,11 +51,16 @@ def test_overlap_with_tif_selection_and_paper_column():
         "tif": selection("tif", ids[2:8], 10),            # p2..p7
         "lossdiff-irm": selection("lossdiff-irm", ids[4:10], 10),  # p4..p9: 4 shared, min size 6
         "if-top": selection("if-top", ids[8:], 10),       # p8, p9: none shared
+        "wide": selection("lossdiff-band", ids[:8], 10),  # p0..p7: holds all of TIF
     })
     table = report.overlap
     assert table.loc["tif", "overlap_tif"] == 1.0
     assert table.loc["lossdiff-irm", "overlap_tif"] == pytest.approx(4 / 6)
     assert table.loc["if-top", "overlap_tif"] == 0.0
+    assert table.loc["wide", "overlap_tif"] == 1.0
+    # chance level k·|T|/n / min(k, |T|): 2·6/10/2 = 0.6 for if-top, 8·6/10/6 = 0.8 for the wide band.
+    assert table.loc["if-top", "chance"] == pytest.approx(0.6)
+    assert table.loc["wide", "chance"] == pytest.approx(0.8)
     assert table.loc["lossdiff-irm", "paper_overlap"] == "0.73-0.78"
 
 
