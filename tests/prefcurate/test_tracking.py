@@ -14,11 +14,17 @@ from prefcurate.config import DataSource, ModelSource, RunConfig, TrackingConfig
 from prefcurate.errors import PrefcurateError
 
 
+@pytest.fixture(scope="module")
+def store_db(tmp_path_factory) -> Path:
+    """One sqlite store per module: creating MLflow's schema takes seconds."""
+    return tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> TrackingConfig:
-    return TrackingConfig(
-        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="test", artifact_location=str(tmp_path / "artifacts")
-    )
+def store(store_db: Path, tmp_path: Path, request) -> TrackingConfig:
+    """A fresh experiment per test in the shared store, with its own artifact root."""
+    return TrackingConfig(tracking_uri=f"sqlite:///{store_db}", experiment=request.node.name,
+                          artifact_location=str(tmp_path / "artifacts"))
 
 
 @pytest.fixture
