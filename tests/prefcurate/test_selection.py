@@ -160,7 +160,7 @@ def test_bad_pools_are_errors():
 
 def test_write_and_read_round_trip(tmp_path):
     scores = frame(lossdiff=np.arange(10.0), irm=[5.0, 0.0, 9.0, 3.0, 4.0, 1.0, 6.0, 7.0, 8.0, 2.0])
-    sel = select(scores, cfg("lossdiff-irm"))
+    sel = select(scores, cfg("lossdiff-irm", band=(10.0, 90.0)))
     write_selection(sel, str(tmp_path / "selection"))
     meta = json.loads((tmp_path / "selection" / "selection.json").read_text())
     assert meta["rule"] == "lossdiff-irm" and meta["n_kept"] == 6 and meta["params"]["band"] == [10.0, 90.0]
