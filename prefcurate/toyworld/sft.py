@@ -69,6 +69,7 @@ def train_sft(
             use_cpu=True,
             activation_checkpointing=False,  # TRL turns it on by default; a tiny model only pays its cost
             dataloader_num_workers=0,
+            disable_tqdm=False,
         )
         # Quiet: no per-step logs or dataset-map bars; the training bar stays.
         verbosity, bars = hf_logging.get_verbosity(), ds_logging.is_progress_bar_enabled()
