@@ -35,7 +35,6 @@ def _section(training: TrainingConfig, kind: str) -> dict[str, Any]:
 
 def _train(
     stage: str,
-    run: str,
     *,
     start_uri: str,
     pairs: Any,
@@ -73,9 +72,9 @@ def warmup_stage(
 
     def compute(child: RunHandle | None) -> StageOutput:
         return _train(
-            "warmup", run, start_uri=ingest.extra["sft_uri"], pairs=read_pairs(ingest.outputs["train"]), ref=ref,
+            "warmup", start_uri=ingest.extra["sft_uri"], pairs=read_pairs(ingest.outputs["train"]), ref=ref,
             reference_dir=None, training=training, epochs=training.warmup_epochs,
-            out_uri=io.join(run, "models", "warmup"), metadata={"run": run}, child=child,
+            out_uri=io.join(run, "models", "warmup"), metadata={}, child=child,
         )  # fmt: skip
 
     return run_stage("warmup", run, inputs=(ingest, ref), config=_section(training, "warmup"), modules=MODULES,
@@ -95,9 +94,9 @@ def validation_model_stage(
 
     def compute(child: RunHandle | None) -> StageOutput:
         return _train(
-            "val", run, start_uri=warmup.outputs["model"], pairs=read_pairs(ingest.outputs["validation"]), ref=ref,
+            "val", start_uri=warmup.outputs["model"], pairs=read_pairs(ingest.outputs["validation"]), ref=ref,
             reference_dir=ingest.extra["sft_uri"], training=training, epochs=training.val_epochs,
-            out_uri=io.join(run, "models", "val"), metadata={"run": run}, child=child,
+            out_uri=io.join(run, "models", "val"), metadata={}, child=child,
         )  # fmt: skip
 
     return run_stage("val", run, inputs=(ingest, ref, warmup), config=_section(training, "val"), modules=MODULES,
@@ -132,10 +131,10 @@ def final_stage(
             keep = set(chosen.kept_ids)
             rule, pairs = chosen.rule, pool.select([i for i, pid in enumerate(pool["pair_id"]) if pid in keep])
         out = _train(
-            stage, run, start_uri=warmup.outputs["model"], pairs=pairs, ref=ref,
+            stage, start_uri=warmup.outputs["model"], pairs=pairs, ref=ref,
             reference_dir=ingest.extra["sft_uri"], training=training, epochs=training.final_epochs,
             out_uri=io.join(run, "models", "final", name),
-            metadata={"run": run, "selection": selection_dir, "rule": rule}, child=child,
+            metadata={"selection_rule": rule}, child=child,
         )  # fmt: skip
         out.params["selection.rule"] = rule
         return out

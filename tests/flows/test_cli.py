@@ -50,3 +50,13 @@ def test_evaluate_cli_checks_models(tmp_path):
     assert result.exit_code == 2 and "NAME=URI" in result.output
     result = CliRunner().invoke(app, ["evaluate", "--model", "a=ckpt_dir", "--model", "b=y.json", "--reference", "b"])
     assert result.exit_code == 2 and "eval_prompts_uri" in result.output
+
+
+@pytest.mark.parametrize("name", ["curate.yaml", "toy.yaml"])
+def test_example_configs_are_valid_run_configs(name):
+    from pathlib import Path
+
+    from prefcurate.config import RunConfig, load_config
+
+    config = load_config(RunConfig, Path(__file__).parents[2] / "examples" / "configs" / name)
+    assert config.selection.rule == "lossdiff-irm"
