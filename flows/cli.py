@@ -179,6 +179,167 @@ def toyworld_build(
     )
 
 
+# --- demo / curate / nightly / evaluate: the flows, run on Prefect's ephemeral API ----------
+
+
+class _NoExpectedTracebacks:
+    """Log filter: a `PrefcurateError` raised in a task is logged as its one-line message.
+
+    Prefect logs a failed task with its traceback; for errors prefcurate raises on purpose
+    the message already says what is wrong and what to do, so the traceback is noise. Bugs
+    (any other exception) keep their tracebacks.
+    """
+
+    def filter(self, record) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], PrefcurateError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _flow_console() -> None:
+    """Quiet library noise and drop tracebacks of expected errors from Prefect's console log."""
+    import logging
+    import os
+
+    _quiet_libraries()
+    # A loaded 2-core machine can take longer than Prefect's default 20 s to start the ephemeral API.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    import prefect  # noqa: F401  (configures Prefect's logging)
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_NoExpectedTracebacks())
+
+
+def _load(model: type, config: str | None, sets: list[str] | None):
+    from prefcurate.config import load_config
+
+    try:
+        return load_config(model, config, sets)
+    except PrefcurateError as exc:
+        fail(str(exc))
+
+
+def _run_flow(fn, config):
+    try:
+        return fn(config)
+    except PrefcurateError as exc:
+        fail(str(exc))
+
+
+SET_HELP = "Override one config field, e.g. --set training.learning_rate=1e-4 (value parsed as YAML); repeatable."
+
+
+@app.command()
+def demo(
+    root: str = typer.Option("runs", help="Run root: the toy world, runs, MLflow store and artifacts go here."),
+    size: Literal["small", "default"] = typer.Option("default", help="Toy world size: default (~1,000 pairs) or small (240 pairs)."),
+    seed: int = typer.Option(0, help="Seed of the toy world."),
+) -> None:
+    """Build the toy world if missing and run `curate` on it end to end (offline, CPU, no Prefect server)."""
+    _flow_console()
+    from flows.curate import render
+    from flows.demo import run_demo
+
+    from pathlib import Path
+
+    typer.echo(f"toy world ({size}, seed {seed}) under {Path(root).resolve() / f'toyworld-{size}'} (built on first use), then curate")
+    try:
+        result = run_demo(root, size, seed)
+    except PrefcurateError as exc:
+        fail(str(exc))
+    typer.echo("\n" + render(result, f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"))
+
+
+@app.command()
+def curate(
+    config: str = typer.Option(..., "--config", help="YAML run config (see examples/configs/curate.yaml)."),
+    sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """Ingest, score, select, train DPO on the selection and baselines, evaluate and report."""
+    from prefcurate.config import RunConfig
+
+    cfg = _load(RunConfig, config, sets)
+    _flow_console()
+    from flows.curate import curate as curate_flow
+    from flows.curate import render
+
+    typer.echo("\n" + render(_run_flow(curate_flow, cfg), cfg.tracking.tracking_uri))
+
+
+@app.command()
+def nightly(
+    config: str = typer.Option(..., "--config", help="YAML nightly config: a run config plus `publish_uri`."),
+    sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """Ingest, score and select new data, and publish the selection (no final training)."""
+    from prefcurate.config import NightlyConfig
+
+    cfg = _load(NightlyConfig, config, sets)
+    _flow_console()
+    from flows.nightly import nightly as nightly_flow
+
+    result = _run_flow(nightly_flow, cfg)
+    typer.echo(f"\nSelection ({result.rule}): kept {result.n_kept} of {result.n_pool} pairs ({result.kept_fraction:.1%})")
+    typer.echo(f"Published to {result.publish_uri}")
+    typer.echo(f"\n{result.agreement_text.rstrip()}\n\nRun root:   {result.run_uri}\nMLflow run: {result.mlflow_url}")
+
+
+@app.command()
+def evaluate(
+    config: str = typer.Option(None, "--config", help="YAML evaluate config (models, eval_prompts_uri, evaluation)."),
+    models: list[str] = typer.Option(
+        None, "--model", help="NAME=URI: a checkpoint (dir, hub id, s3://) or a model_outputs.json; repeatable."
+    ),
+    prompts: str = typer.Option(None, "--prompts", help="Evaluation instructions (json/jsonl/parquet with `instruction`)."),
+    reference: str = typer.Option(None, "--reference", help="The model every other model is compared against."),
+    sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """Judge models or answer files against a reference: win rate, LC win rate, single score."""
+    from prefcurate.config import EvaluateConfig
+
+    overrides = list(sets or [])
+    for item in models or []:
+        name, sep, uri = item.partition("=")
+        if not sep or not name or not uri:
+            fail(f"--model expects NAME=URI, got '{item}'")
+        overrides.append(f"models.{name}={uri}")
+    if prompts:
+        overrides.append(f"eval_prompts_uri={prompts}")
+    if reference:
+        overrides.append(f"evaluation.reference={reference}")
+    cfg = _load(EvaluateConfig, config, overrides)
+    _flow_console()
+    from flows.evaluate import evaluate as evaluate_flow
+
+    result = _run_flow(evaluate_flow, cfg)
+    typer.echo(f"\nWin rate % against {result.reference} ({result.judge} judge; ± standard error)")
+    for row in result.leaderboard:
+        typer.echo(f"  {row['model']:<16} {row['win_rate']:6.1f} ± {row['standard_error'] or 0:4.1f}   n={int(row['n_total'])}")
+    typer.echo(f"\nRun root:   {result.run_uri}\nMLflow run: {result.mlflow_url}")
+
+
+@app.command()
+def serve(
+    config: str = typer.Option(None, "--config", help="YAML nightly config for the scheduled run; without it the schedule is created inactive."),
+    sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
+    cron: str = typer.Option("0 2 * * *", help="Cron expression of the nightly curation."),
+    timezone: str = typer.Option("UTC", envvar="PREFCURATE_TIMEZONE", help="IANA timezone of the cron schedule (env PREFCURATE_TIMEZONE)."),
+) -> None:
+    """Serve the deployments nightly-curation (cron), curate and evaluate from this process until Ctrl-C."""
+    from prefcurate.config import NightlyConfig
+
+    cfg = _load(NightlyConfig, config, sets) if config or sets else None
+    _flow_console()
+    from flows.serve import deployments
+    from prefect import serve as prefect_serve
+
+    try:
+        served = deployments(cfg, cron=cron, timezone=timezone)
+    except PrefcurateError as exc:
+        fail(str(exc))
+    prefect_serve(*served)
+
+
 def main() -> None:
     try:
         app()
