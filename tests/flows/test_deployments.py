@@ -121,3 +121,28 @@ def test_ci_workflow_sends_a_valid_config_to_an_existing_deployment(tmp_path):
     flow_name, deployment = command.split("prefect deployment run ", 1)[1].split()[0].split("/")
     assert (flow_name, deployment) == (EXPECTED["curate"][1], "curate")
     assert "--watch" in command and '--params "$(cat params.json)"' in command
+
+
+def test_serve_command_serves_the_deployments_or_explains_its_error(tmp_path, monkeypatch):
+    import prefect
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    served: list[Any] = []
+    monkeypatch.setattr(prefect, "serve", lambda *deployments: served.extend(deployments))
+    config = tmp_path / "nightly.yaml"
+    config.write_text("model: {uri: /models/sft}\ndata: {pool_uri: /data/pool.parquet}\n")
+    result = CliRunner().invoke(app, ["serve", "--config", str(config), "--set", "run_name=night",
+                                      "--timezone", "Asia/Tokyo", "--cron", "30 1 * * *"])
+    assert result.exit_code == 0, result.output
+    by_name = {d.name: d for d in served}
+    assert set(by_name) == set(EXPECTED)
+    (schedule,) = by_name["nightly-curation"].schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone, schedule.active) == ("30 1 * * *", "Asia/Tokyo", True)
+    assert by_name["nightly-curation"].parameters["config"]["run_name"] == "night"
+
+    bad = CliRunner().invoke(app, ["serve", "--timezone", "Mars/Olympus"])
+    assert bad.exit_code == 2 and bad.output.count("\n") == 1 and "IANA timezone" in bad.output
+    bad = CliRunner().invoke(app, ["serve", "--config", str(config), "--set", "training.beta=-1"])
+    assert bad.exit_code == 2 and "training.beta" in bad.output and "Traceback" not in bad.output
