@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefcurate import io
-from prefcurate.checkpoint import save_checkpoint
+from prefcurate.checkpoint import METADATA_FILE, save_checkpoint
 from prefcurate.errors import ConfigError, StorageError
 from prefcurate.toyworld.model import build_model
 from prefcurate.toyworld.pool import PoolSpec, build_preference_data
@@ -89,6 +89,7 @@ def _world(root: str, spec: WorldSpec, stats: dict[str, Any]) -> World:
 
 
 def _cached(root: str, spec: WorldSpec) -> World | None:
+    """The whole world already under `root` for this spec; None when there is none to reuse."""
     marker = io.join(root, "world.json")
     if not io.exists(marker):
         return None
@@ -103,7 +104,10 @@ def _cached(root: str, spec: WorldSpec) -> World | None:
             f"{root} holds a toy world built from another spec (size={built.get('size')}, seed={built.get('seed')}, "
             f"version={found.get('version')}); choose another output directory or delete it"
         )
-    return _world(root, spec, found["stats"])
+    world = _world(root, spec, found["stats"])
+    whole = [getattr(world, key) for key in FILES if key != "checkpoint_dir"]
+    whole.append(io.join(world.checkpoint_dir, METADATA_FILE))  # written last by save_checkpoint
+    return world if all(io.exists(uri) for uri in whole) else None  # files deleted since: build again
 
 
 def _jsonl(frame) -> str:

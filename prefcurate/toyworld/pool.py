@@ -27,7 +27,6 @@ from prefcurate.toyworld.task import (
     quality,
 )
 
-DEFECTS = ("label_flip", "near_duplicate", "over_scored")
 DEFECT_COLUMNS = ["pair_id", "prompt_id", "pair_index", "defect"]
 POOL_COLUMNS = ["prompt", "prompt_id", "chosen", "rejected", "score_chosen", "score_rejected"]
 

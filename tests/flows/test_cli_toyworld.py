@@ -4,7 +4,6 @@ second call; a clash with an existing world is one stderr line and exit 2."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from typer.testing import CliRunner
 

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from prefcurate import io
 from prefcurate.checkpoint import load_checkpoint
 from prefcurate.data import load_pairs
 from prefcurate.errors import ConfigError
@@ -202,6 +203,23 @@ def test_same_seed_rebuilds_identical_files_and_weights(toy_world, tmp_path):
     weights = "model.safetensors"
     assert _sha(f"{again.checkpoint_dir}/{weights}") == _sha(f"{toy_world.checkpoint_dir}/{weights}")
     assert again.stats == toy_world.stats
+    # A world with a file missing is not reused: it is built again, identically.
+    Path(again.pool_parquet).unlink()
+    assert build_world(again.root, seed=0, size="small") == again
+    assert _sha(again.pool_parquet) == _sha(toy_world.pool_parquet)
+
+
+@pytest.mark.slow
+def test_world_builds_on_s3_and_is_reused_from_there(s3_bucket, tmp_path):
+    root = f"{s3_bucket}/worlds/small"
+    world = build_world(root, seed=0, size="small")
+    assert world.pool_parquet.startswith("s3://") and io.exists(world.world_json)
+    assert load_pairs(world.pool_parquet).rows_kept == world.spec.pool.n_pairs
+    checkpoint = load_checkpoint(world.checkpoint_dir, cache_dir=tmp_path)
+    assert checkpoint.fingerprint == world.stats["sft"]["fingerprint"]
+    written = io.read_bytes(world.world_json)
+    assert build_world(root, seed=0, size="small") == world
+    assert io.read_bytes(world.world_json) == written
 
 
 def test_second_build_reuses_the_world_and_refuses_another_spec(toy_world):
