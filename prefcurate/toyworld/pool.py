@@ -18,6 +18,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prefcurate.data import pair_id
+from prefcurate.errors import ConfigError
 from prefcurate.toyworld.task import (
     JUNK,
     Instruction,
@@ -152,12 +153,16 @@ def _one_token_edit(answer: str, rng: random.Random) -> str:
     return " ".join(tokens)
 
 
-def _unique(draw, seen: set) -> tuple:
+def _unique(draw, seen: set, tries: int = 1000) -> tuple:
     """Redraw until the pair is new: ingest rejects exact duplicates, so the pool has none."""
-    while (pair := draw()) in seen:
-        pass
-    seen.add(pair)
-    return pair
+    for _ in range(tries):
+        if (pair := draw()) not in seen:
+            seen.add(pair)
+            return pair
+    raise ConfigError(
+        f"cannot draw a pair unlike the {len(seen)} already drawn after {tries} tries; "
+        "lower n_pairs or reserve fewer eval/validation instructions"
+    )
 
 
 def build_pool(split: InstructionSplit, spec: PoolSpec, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
