@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefcurate.config import DataSource, ModelSource, RunConfig, ScoringConfig, TrackingConfig
+from prefcurate.config import DataSource, EvaluationConfig, GenerationConfig, ModelSource, RunConfig, ScoringConfig, TrackingConfig
 from prefcurate.toyworld.build import World, build_world
 from flows.curate import CurateResult, curate
 
@@ -29,6 +29,8 @@ def demo_config(world: World, root: str, size: str) -> RunConfig:
                         eval_prompts_uri=world.eval_prompts),
         defects_uri=world.defects_parquet,
         scoring=ScoringConfig(shard_size=DEMO_SHARD_SIZE),
+        # The SFT model is near-perfect greedily; sampled answers show what DPO changes (DESIGN §4).
+        evaluation=EvaluationConfig(generation=GenerationConfig(do_sample=True, seed=0)),
         tracking=TrackingConfig(tracking_uri=f"sqlite:///{base / 'mlflow.db'}", experiment="prefcurate-demo",
                                 artifact_location=str(base / "mlartifacts"), register_model=None),
     )  # fmt: skip
