@@ -164,7 +164,10 @@ class ScaleOutConfig(Section):
         default="local", description="Where scoring shards run: in the flow's process, or mapped over a Dask cluster (prefect-dask)."
     )
     workers: int = Field(default=2, ge=1, le=256, description="Dask workers of the local cluster (ignored with `address`).")
-    processes: bool = Field(default=False, description="Local Dask workers as processes (True) or threads (False).")
+    processes: bool = Field(
+        default=True,
+        description="Local Dask workers as processes (True) or threads (False). Exact IF needs processes when workers > 1: torch's forward-mode AD is not thread-safe.",
+    )
     address: str | None = Field(default=None, description="Address of an existing Dask scheduler (tcp://host:8786); empty: start a local cluster.")
 
 
@@ -189,6 +192,16 @@ class _Pipeline(Section):
     defects_uri: str | None = Field(
         default=None, description="Known-defect labels (parquet: prompt_id, defect), e.g. the toy world's; adds per-defect detection to the agreement report."
     )
+
+    @model_validator(mode="after")
+    def _jvp_needs_processes(self) -> "_Pipeline":
+        s = self.scaleout
+        if s.task_runner == "dask" and not s.address and not s.processes and s.workers > 1 and self.scoring.compute_if:
+            raise ValueError(
+                "scaleout.processes must be true with several Dask workers and scoring.compute_if: "
+                "exact IF (torch forward-mode AD) cannot run in two threads of one process"
+            )
+        return self
 
 
 class RunConfig(_Pipeline):

@@ -41,6 +41,9 @@ def test_unknown_key_and_bad_choice_are_named(tmp_path):
     assert result.exit_code == 2 and "selection.rule" in result.output
     result = CliRunner().invoke(app, ["nightly", "--config", str(config), "--set", "scaleout.task_runner=ray"])
     assert result.exit_code == 2 and "scaleout.task_runner" in result.output
+    threads = ["--set", "scaleout.task_runner=dask", "--set", "scaleout.processes=false"]
+    result = CliRunner().invoke(app, ["curate", "--config", str(config), *threads])
+    assert result.exit_code == 2 and "scaleout.processes" in result.output  # jvp is not thread-safe
     result = CliRunner().invoke(app, ["curate", "--config", str(tmp_path / "missing.yaml")])
     assert result.exit_code == 2 and "does not exist" in result.output
 

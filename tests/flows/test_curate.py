@@ -129,7 +129,7 @@ def test_dask_scoring_equals_in_process(curated, prefect_harness, tmp_path):
     m = _manifests(curated.run)
     config = load_config(RunConfig, curated.config_file)
     run = str(tmp_path / "dask-run")
-    runner = task_runner(ScaleOutConfig(task_runner="dask", workers=2, processes=False))
+    runner = task_runner(ScaleOutConfig(task_runner="dask", workers=2, processes=True))
     merged = score_pool.with_options(task_runner=runner)(
         m["ingest"], m["reference"], m["warmup"], m["val"], m["val-gradient"], config.training, config.scoring, run
     )
