@@ -237,10 +237,10 @@ def demo(
 ) -> None:
     """Build the toy world if missing and run `curate` on it end to end (offline, CPU, no Prefect server)."""
     _flow_console()
+    from pathlib import Path
+
     from flows.curate import render
     from flows.demo import run_demo
-
-    from pathlib import Path
 
     typer.echo(f"toy world ({size}, seed {seed}) under {Path(root).resolve() / f'toyworld-{size}'} (built on first use), then curate")
     try:
@@ -330,8 +330,9 @@ def serve(
 
     cfg = _load(NightlyConfig, config, sets) if config or sets else None
     _flow_console()
-    from flows.serve import deployments
     from prefect import serve as prefect_serve
+
+    from flows.serve import deployments
 
     try:
         served = deployments(cfg, cron=cron, timezone=timezone)

@@ -16,10 +16,12 @@ from prefect import flow
 from prefect.futures import as_completed
 from pydantic import BaseModel, Field
 
+from flows.runs import parent_run, task_runner
 from prefcurate.config import RunConfig, ScoringConfig, TrainingConfig, _Pipeline
 from prefcurate.manifest import StageManifest, run_uri
 from prefcurate.tracking import RunHandle, run_url, ui_command
 from tasks.artifacts import PrefectProgress
+from tasks.common import sft_source
 from tasks.evaluate import generate_stage, judge_stage
 from tasks.gradient import gradient_stage
 from tasks.ingest import ingest_stage
@@ -27,7 +29,6 @@ from tasks.report import register_stage, report_stage
 from tasks.score import merge_scores_stage, reference_stage, score_shard_stage, shard_ranges
 from tasks.select import select_stage
 from tasks.train import final_stage, validation_model_stage, warmup_stage
-from flows.runs import parent_run, task_runner
 
 
 class CurateResult(BaseModel):
@@ -122,7 +123,7 @@ def curate(config: RunConfig) -> CurateResult:
             manifests[f"final-{name}"] = finals[name]
         models = {name: (m.outputs["model"], m) for name, m in finals.items()}
         if "sft" in config.evaluation.baselines:
-            models["sft"] = (done.ingest.extra["sft_uri"], done.ingest)
+            models["sft"] = (sft_source(done.ingest), done.ingest)
         prompts = done.ingest.outputs["eval_prompts"]
         generated = {
             name: generate_stage(name, uri, manifest, prompts, config.evaluation.generation, run, parent)

@@ -9,9 +9,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefcurate.config import DataSource, EvaluationConfig, GenerationConfig, ModelSource, RunConfig, ScoringConfig, TrackingConfig
-from prefcurate.toyworld.build import World, build_world
 from flows.curate import CurateResult, curate
+from prefcurate.config import (
+    DataSource,
+    EvaluationConfig,
+    GenerationConfig,
+    ModelSource,
+    RunConfig,
+    ScoringConfig,
+    TrackingConfig,
+)
+from prefcurate.toyworld.build import World, build_world
 
 # Shards of 250 pairs: the default world's pool is scored in 4 resumable shards.
 DEMO_SHARD_SIZE = 250

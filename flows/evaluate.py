@@ -11,11 +11,11 @@ from typing import Any
 from prefect import flow
 from pydantic import BaseModel
 
+from flows.runs import parent_run
 from prefcurate.config import EvaluateConfig
 from prefcurate.manifest import StageManifest, run_uri
 from prefcurate.tracking import run_url
 from tasks.evaluate import generate_stage, judge_stage
-from flows.runs import parent_run
 
 
 class EvaluateResult(BaseModel):

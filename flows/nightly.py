@@ -12,13 +12,13 @@ from __future__ import annotations
 from prefect import flow
 from pydantic import BaseModel
 
+from flows.curate import score_and_select
+from flows.runs import parent_run
 from prefcurate import io
 from prefcurate.config import NightlyConfig
 from prefcurate.manifest import StageManifest, run_uri
 from prefcurate.tracking import run_url
 from tasks.select import publish_stage
-from flows.curate import score_and_select
-from flows.runs import parent_run
 
 
 class NightlyResult(BaseModel):

@@ -28,7 +28,7 @@ from trl import DPOConfig, DPOTrainer
 
 from prefcurate import io
 from prefcurate.checkpoint import inspect_checkpoint, load_checkpoint, save_checkpoint
-from prefcurate.config import TrainingConfig
+from prefcurate.config import ModelSource, TrainingConfig
 from prefcurate.errors import ConfigError, DataError
 from prefcurate.logps import compute_logps, reference_tensors
 
@@ -203,14 +203,14 @@ def pairs_digest(pairs: Dataset) -> str:
 
 
 def train_dpo(
-    model_dir: str,
+    model_dir: str | ModelSource,
     pairs: Dataset,
     out_dir: str,
     training: TrainingConfig,
     *,
     epochs: float,
     ref_logps: pd.DataFrame | None = None,
-    reference_dir: str | None = None,
+    reference_dir: str | ModelSource | None = None,
     stage: str | None = None,
     callbacks: list[TrainerCallback] | None = None,
     report_to: list[str] | str | None = None,

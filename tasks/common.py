@@ -20,13 +20,19 @@ from prefect.logging.configuration import ensure_logging_setup
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel
 
-from prefcurate.config import flatten
+from prefcurate.config import ModelSource, flatten
 from prefcurate.errors import StorageError
 from prefcurate.manifest import StageManifest, cache_key, code_version, find_manifest, new_manifest, write_manifest
 from prefcurate.tracking import RunHandle, TrackingError, log_metrics, log_params, set_tags, stage_run
 
 CORE_LOGGER = "prefcurate"
 TRANSIENT = (StorageError, TrackingError, ConnectionError, TimeoutError)
+
+
+def sft_source(ingest: StageManifest) -> ModelSource:
+    """The SFT model exactly as ingest validated it (chat template, revision, pickle consent
+    included), so later stages load the same model rather than the bare URI."""
+    return ModelSource.model_validate(ingest.extra["sft_source"])
 
 
 def retry_on_io(task: Any, task_run: Any, state: Any) -> bool:

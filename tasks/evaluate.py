@@ -15,7 +15,7 @@ from prefect.cache_policies import NONE
 
 from prefcurate import io
 from prefcurate.checkpoint import load_checkpoint
-from prefcurate.config import EvaluationConfig, GenerationConfig
+from prefcurate.config import EvaluationConfig, GenerationConfig, ModelSource
 from prefcurate.evaluation import evaluate_output_files
 from prefcurate.generation import generate, write_model_outputs
 from prefcurate.judges import make_judge
@@ -39,7 +39,7 @@ def read_instructions(uri: str) -> list[str]:
 @task(name="generate", cache_policy=NONE, **IO_RETRIES)
 def generate_stage(
     name: str,
-    model_uri: str,
+    model_uri: str | ModelSource,
     model: StageManifest | None,
     prompts_uri: str,
     generation: GenerationConfig,
@@ -61,7 +61,7 @@ def generate_stage(
         uri = write_model_outputs(rows, io.join(run, "eval", name, "model_outputs.json"))
         lengths = [len(r["output"]) for r in rows]
         return StageOutput(outputs={"model_outputs": uri}, rows={"outputs": len(rows)},
-                           extra={"model_uri": model_uri, "fingerprint": ckpt.fingerprint},
+                           extra={"model_uri": model_uri.uri if isinstance(model_uri, ModelSource) else model_uri, "fingerprint": ckpt.fingerprint},
                            metrics={"avg_length": sum(lengths) / max(1, len(lengths))})
 
     identity = {"name": name, "generation": generation.model_dump(mode="json"), "prompts": content_hash(prompts_uri),
@@ -70,7 +70,7 @@ def generate_stage(
                      tracking=tracking, compute=compute)
 
 
-def _model_identity(uri: str) -> str:
+def _model_identity(uri: str | ModelSource) -> str:
     from prefcurate.checkpoint import inspect_checkpoint
 
     return inspect_checkpoint(uri).fingerprint

@@ -46,7 +46,7 @@ def ingest_stage(
             outputs={name: getattr(manifest, f"{name}_uri") for name in names},
             rows={"read": manifest.rows_read, "train": manifest.n_train, "validation": manifest.n_validation,
                   "eval_prompts": manifest.n_eval_prompts, "rejected": manifest.n_rejected},
-            extra={"sft_uri": model.uri, "sft_fingerprint": info.fingerprint, "sft_local_dir": info.local_dir,
+            extra={"sft_uri": model.uri, "sft_source": model.model_dump(mode="json"), "sft_fingerprint": info.fingerprint, "sft_local_dir": info.local_dir,
                    "architecture": info.architecture, "n_parameters": info.n_parameters,
                    "pool_schema": manifest.pool_schema, "rejects_by_reason": manifest.rejects_by_reason,
                    "validation_carved": manifest.validation_carved},

@@ -23,7 +23,7 @@ from prefcurate.logps import compute_logps
 from prefcurate.manifest import StageManifest
 from prefcurate.scores import finalize_scores, load_scoring_models, score_shard
 from prefcurate.tracking import RunHandle, log_artifact
-from tasks.common import IO_RETRIES, StageOutput, run_stage
+from tasks.common import IO_RETRIES, StageOutput, run_stage, sft_source
 
 REF_MODULES = ("prefcurate.logps", "prefcurate.checkpoint")
 SHARD_MODULES = ("prefcurate.scores", "prefcurate.influence", "prefcurate.logps", "prefcurate.checkpoint")
@@ -42,7 +42,7 @@ def reference_stage(
     """scores/ref_logps.parquet: the SFT model's log-probs of every train and validation pair."""
 
     def compute(_: RunHandle | None) -> StageOutput:
-        ckpt = load_checkpoint(ingest.extra["sft_uri"])
+        ckpt = load_checkpoint(sft_source(ingest))
         frames = [
             compute_logps(ckpt.model, ckpt.tokenizer, read_pairs(ingest.outputs[split]), batch_size=scoring.batch_size,
                           max_length=training.max_length, truncation_mode=training.truncation_mode,

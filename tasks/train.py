@@ -14,14 +14,14 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from prefcurate import io
-from prefcurate.config import TrainingConfig
+from prefcurate.config import ModelSource, TrainingConfig
 from prefcurate.data import read_pairs
 from prefcurate.dpo import train_dpo
 from prefcurate.manifest import StageManifest
 from prefcurate.selection import read_selection
 from prefcurate.tracking import MlflowMetricsCallback, RunHandle
 from tasks.artifacts import PrefectProgress, TrainerProgress
-from tasks.common import IO_RETRIES, StageOutput, run_stage
+from tasks.common import IO_RETRIES, StageOutput, run_stage, sft_source
 
 MODULES = ("prefcurate.dpo", "prefcurate.logps", "prefcurate.checkpoint")
 _EPOCH_FIELDS = {"warmup": "warmup_epochs", "val": "val_epochs", "final": "final_epochs"}
@@ -36,10 +36,10 @@ def _section(training: TrainingConfig, kind: str) -> dict[str, Any]:
 def _train(
     stage: str,
     *,
-    start_uri: str,
+    start_uri: str | ModelSource,
     pairs: Any,
     ref: StageManifest,
-    reference_dir: str | None,
+    reference_dir: str | ModelSource | None,
     training: TrainingConfig,
     epochs: float,
     out_uri: str,
@@ -72,7 +72,7 @@ def warmup_stage(
 
     def compute(child: RunHandle | None) -> StageOutput:
         return _train(
-            "warmup", start_uri=ingest.extra["sft_uri"], pairs=read_pairs(ingest.outputs["train"]), ref=ref,
+            "warmup", start_uri=sft_source(ingest), pairs=read_pairs(ingest.outputs["train"]), ref=ref,
             reference_dir=None, training=training, epochs=training.warmup_epochs,
             out_uri=io.join(run, "models", "warmup"), metadata={}, child=child,
         )  # fmt: skip
@@ -95,7 +95,7 @@ def validation_model_stage(
     def compute(child: RunHandle | None) -> StageOutput:
         return _train(
             "val", start_uri=warmup.outputs["model"], pairs=read_pairs(ingest.outputs["validation"]), ref=ref,
-            reference_dir=ingest.extra["sft_uri"], training=training, epochs=training.val_epochs,
+            reference_dir=sft_source(ingest), training=training, epochs=training.val_epochs,
             out_uri=io.join(run, "models", "val"), metadata={}, child=child,
         )  # fmt: skip
 
@@ -132,7 +132,7 @@ def final_stage(
             rule, pairs = chosen.rule, pool.select([i for i, pid in enumerate(pool["pair_id"]) if pid in keep])
         out = _train(
             stage, start_uri=warmup.outputs["model"], pairs=pairs, ref=ref,
-            reference_dir=ingest.extra["sft_uri"], training=training, epochs=training.final_epochs,
+            reference_dir=sft_source(ingest), training=training, epochs=training.final_epochs,
             out_uri=io.join(run, "models", "final", name),
             metadata={"selection_rule": rule}, child=child,
         )  # fmt: skip

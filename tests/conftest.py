@@ -8,7 +8,6 @@ from typing import Iterator
 
 import pytest
 
-
 # --- S3: moto in server mode on 127.0.0.1 ---------------------------------------------
 # `mock_aws` patches boto3 in-process and does not cover s3fs (aiobotocore), so the tests
 # run a real HTTP endpoint and point every AWS client at it through AWS_ENDPOINT_URL.

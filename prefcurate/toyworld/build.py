@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Literal
 
 import torch
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefcurate import io

@@ -65,7 +65,7 @@ def test_rerun_reuses_parent_and_stage_runs(store, mlc):
     other = tracking.start_parent_run(store, run_name="curate", flow_run_id="fr-3")
     assert again.run_id == first.run_id and b.run_id == a.run_id
     assert other.run_id != first.run_id
-    assert len(mlc.search_runs([first.experiment_id], f"tags.`prefcurate.stage` = 'score'")) == 1
+    assert len(mlc.search_runs([first.experiment_id], "tags.`prefcurate.stage` = 'score'")) == 1
 
 
 def test_params_hold_the_flattened_config_without_secrets(store, mlc):

@@ -7,7 +7,7 @@ import pandas as pd
 
 from prefcurate import io
 from prefcurate.config import SelectionConfig
-from prefcurate.manifest import cache_key, manifest_uri, new_manifest, read_manifest, write_manifest
+from prefcurate.manifest import cache_key, manifest_uri, new_manifest, read_manifest
 from tasks.select import publish_stage, select_stage
 
 
