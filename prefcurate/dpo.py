@@ -31,6 +31,7 @@ from prefcurate.checkpoint import inspect_checkpoint, load_checkpoint, save_chec
 from prefcurate.config import ModelSource, TrainingConfig
 from prefcurate.errors import ConfigError, DataError
 from prefcurate.logps import compute_logps, reference_tensors
+from prefcurate.quiet import quiet_trainer
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
@@ -170,6 +171,7 @@ def fit_dpo(
             callbacks=callbacks,
             peft_config=lora_config(training),
         )
+        quiet_trainer(trainer)
         n_trained = len(trainer.train_dataset)
         if n_trained == 0:
             raise DataError(

@@ -18,6 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 from trl import SFTConfig, SFTTrainer
 
+from prefcurate.quiet import quiet_trainer
 from prefcurate.toyworld.task import Instruction, imperfect_answer, quality
 
 
@@ -76,7 +77,7 @@ def train_sft(
         hf_logging.set_verbosity_error()
         ds_logging.disable_progress_bar()
         try:
-            trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer)
+            trainer = quiet_trainer(SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer))
             trainer.train()
         finally:
             hf_logging.set_verbosity(verbosity)

@@ -92,3 +92,14 @@ def test_lora_warmup_saves_a_plain_merged_checkpoint_with_lineage(setup, tmp_pat
     assert not any("lora" in name for name, _ in loaded.model.named_parameters())
     loss, margin = dpo_stats(loaded.model, tok, pairs, ref_logps, LORA.beta)
     assert loss < np.log(2) - 0.01 and margin > 0.02
+
+
+def test_training_keeps_its_log_dicts_off_stdout(setup, capfd):
+    """The CLI prints tables to stdout; TRL's per-log dicts must not interleave with them,
+    while the same numbers stay in the trainer's log history."""
+    tok, pairs, ref_logps = setup
+    training = FULL.model_copy(update={"logging_steps": 1})
+    fit = fit_dpo(build_model(tok, size="small", seed=0), tok, pairs, training, epochs=1, ref_logps=ref_logps)
+    out = capfd.readouterr().out
+    assert "'loss'" not in out and "train_runtime" not in out
+    assert any("loss" in entry for entry in fit.log_history)
