@@ -16,7 +16,7 @@ from prefect import flow
 from prefect.futures import as_completed
 from pydantic import BaseModel, Field
 
-from flows.runs import parent_run, task_runner
+from flows.runs import parent_run, task_runner, use_torch_threads
 from prefcurate.config import RunConfig, ScoringConfig, TrainingConfig, _Pipeline
 from prefcurate.manifest import StageManifest, run_uri
 from prefcurate.tracking import RunHandle, run_url, ui_command
@@ -111,6 +111,7 @@ def curate(config: RunConfig) -> CurateResult:
     """Score a preference pool for an SFT model, keep the valuable pairs, train DPO on them and
     on the baselines, and measure every model's win rate against the reference."""
     run = run_uri(config.root, config.run_name)
+    use_torch_threads(config.scaleout)
     with parent_run("curate", config, config.tracking, run) as parent:
         done = score_and_select(config, run, parent)
         manifests = done.as_dict()

@@ -13,7 +13,7 @@ from prefect import flow
 from pydantic import BaseModel
 
 from flows.curate import score_and_select
-from flows.runs import parent_run
+from flows.runs import parent_run, use_torch_threads
 from prefcurate import io
 from prefcurate.config import NightlyConfig
 from prefcurate.manifest import StageManifest, run_uri
@@ -39,6 +39,7 @@ def nightly(config: NightlyConfig) -> NightlyResult:
     """Score and select a (new) preference pool for an SFT model and publish the selection."""
     run = run_uri(config.root, config.run_name)
     target = config.publish_uri or io.join(run, "published")
+    use_torch_threads(config.scaleout)
     with parent_run("nightly", config, config.tracking, run) as parent:
         done = score_and_select(config, run, parent)
         published = publish_stage(done.select, done.score, target, parent)

@@ -1,10 +1,11 @@
-"""What every flow shares: the MLflow parent run of a flow run, and the task runner for scoring."""
+"""What every flow shares: the MLflow parent run of a flow run, torch's thread count, and the task runner for scoring."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from typing import Iterator
 
+import torch
 from prefect.runtime import deployment, flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel
@@ -37,6 +38,12 @@ def parent_run(flow_name: str, config: BaseModel, tracking: TrackingConfig, run:
         finish_run(handle, failed=True)
         raise
     finish_run(handle)
+
+
+def use_torch_threads(scaleout: ScaleOutConfig) -> None:
+    """Apply `scaleout.torch_threads` to this process (torch's thread pool is process-wide)."""
+    if scaleout.torch_threads:
+        torch.set_num_threads(scaleout.torch_threads)
 
 
 def task_runner(scaleout: ScaleOutConfig) -> TaskRunner:

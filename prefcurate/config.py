@@ -169,6 +169,12 @@ class ScaleOutConfig(Section):
         description="Local Dask workers as processes (True) or threads (False). Exact IF needs processes when workers > 1: torch's forward-mode AD is not thread-safe.",
     )
     address: str | None = Field(default=None, description="Address of an existing Dask scheduler (tcp://host:8786); empty: start a local cluster.")
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU threads torch uses in the flow's process; empty: torch's default. On small models and few cores 1 is "
+        "much faster (the toy model trains 16x faster with 1 thread than with 2 on a 2-core machine).",
+    )
 
 
 RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from typing import Iterator
 
 import pytest
+
+# One torch thread for the suite and the CLI subprocesses it starts: on 2-core machines the
+# tiny test models run many times faster on one thread than on two (see ScaleOutConfig).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # --- S3: moto in server mode on 127.0.0.1 ---------------------------------------------
 # `mock_aws` patches boto3 in-process and does not cover s3fs (aiobotocore), so the tests
