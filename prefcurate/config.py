@@ -130,8 +130,8 @@ class JudgeConfig(Section):
 
 
 class EvaluationConfig(Section):
-    generation: GenerationConfig = Field(default_factory=GenerationConfig)
-    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="How each model answers the evaluation prompts.")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="Who judges the answers.")
     single_score: bool = Field(default=True, description="Also grade every answer on MT-Bench's 1–10 scale (SingleScore).")
     baselines: list[Literal["sft", "full", "random"]] = Field(
         default_factory=lambda: ["sft", "full", "random"], description="Baselines trained and evaluated beside the selection."
@@ -188,13 +188,13 @@ class _Pipeline(Section):
         default="default", pattern=RUN_NAME_PATTERN, description="Sub-directory of the root for this run's artifacts; a rerun with the same name resumes."
     )
     cache_dir: str = Field(default=".prefcurate-cache", description="Local directory for downloaded checkpoints and judge caches.")
-    model: ModelSource
-    data: DataSource
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
-    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
-    selection: SelectionConfig = Field(default_factory=SelectionConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    scaleout: ScaleOutConfig = Field(default_factory=ScaleOutConfig)
+    model: ModelSource = Field(description="The SFT checkpoint to curate for (also the DPO reference π_ref).")
+    data: DataSource = Field(description="The preference pool, its validation set and the evaluation prompts.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="DPO recipe of the warm-up, validation and final models.")
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="How pairs are scored: batch and shard sizes, exact IF, the TIF band.")
+    selection: SelectionConfig = Field(default_factory=SelectionConfig, description="Which rule keeps which pairs.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Where MLflow records the run.")
+    scaleout: ScaleOutConfig = Field(default_factory=ScaleOutConfig, description="Where scoring shards run, and torch's CPU threads.")
     defects_uri: str | None = Field(
         default=None, description="Known-defect labels (parquet: prompt_id, defect), e.g. the toy world's; adds per-defect detection to the agreement report."
     )
@@ -213,7 +213,9 @@ class _Pipeline(Section):
 class RunConfig(_Pipeline):
     """Everything one `curate` run needs."""
 
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    evaluation: EvaluationConfig = Field(
+        default_factory=EvaluationConfig, description="Generation, judge and baselines of the win-rate evaluation."
+    )
 
     @model_validator(mode="after")
     def _reference_is_evaluated(self) -> "RunConfig":
@@ -244,8 +246,8 @@ class EvaluateConfig(Section):
     eval_prompts_uri: str | None = Field(
         default=None, description="Evaluation instructions (json/jsonl/parquet with `instruction`); needed when a model is a checkpoint."
     )
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="Generation and judge settings.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Where MLflow records the run.")
 
     @model_validator(mode="after")
     def _reference_is_a_model(self) -> "EvaluateConfig":

@@ -24,12 +24,11 @@ EXPECTED = {  # deployment → (entrypoint, flow name)
 
 
 def _leaves_without_description(schema: dict[str, Any]) -> list[str]:
-    """Form fields (non-section properties) of every model in a parameter schema that lack a description."""
+    """Form fields of every model in a parameter schema (sections included) that lack a description."""
     missing = []
     for model, definition in schema.get("definitions", {}).items():
         for name, prop in definition.get("properties", {}).items():
-            is_section = "$ref" in prop or any("$ref" in p for p in prop.get("allOf", []) + prop.get("anyOf", []))
-            if not is_section and not prop.get("description"):
+            if not prop.get("description"):
                 missing.append(f"{model}.{name}")
     return missing
 
