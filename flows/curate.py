@@ -169,6 +169,12 @@ def render(result: CurateResult, tracking_uri: str) -> str:
             f"{_fmt(row.get('length_controlled_winrate')):>8} ± {_fmt(row.get('lc_standard_error')):<5}"
             f"{_fmt(row.get('single_score'), 2):>8}   {int(row.get('n_total') or 0):>5}"
         )
+    ingest = result.manifests.get("ingest")
+    if ingest is not None:
+        rows, reasons = ingest.rows, ingest.extra.get("rejects_by_reason") or {}
+        why = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()))
+        lines += ["", f"Data: read {rows['read']} rows; train {rows['train']}, validation {rows['validation']}, "
+                      f"eval prompts {rows['eval_prompts']}; rejected {rows['rejected']}" + (f" ({why})" if why else "")]
     lines += [
         "",
         f"Selection ({result.rule}): kept {result.n_kept} of {result.n_pool} pairs ({result.kept_fraction:.1%})",

@@ -20,6 +20,13 @@ def test_curate_cli_end_to_end(curated):
         assert f"{row['win_rate']:.1f} ± {row['standard_error']:.1f}" in out, model
     selection = pd.read_parquet(curated.run / "selection" / "selection.parquet")
     assert f"kept {len(selection)} of 240 pairs" in out
+    # the ingestion counts, which conserve: rows read = train + validation + rejected
+    train = pd.read_parquet(curated.run / "data" / "train.parquet")
+    validation = pd.read_parquet(curated.run / "data" / "validation.parquet")
+    rejects = pd.read_parquet(curated.run / "data" / "rejects.parquet")
+    read = len(train) + len(validation) + len(rejects)
+    assert f"Data: read {read} rows; train {len(train)}, validation {len(validation)}" in out
+    assert f"rejected {len(rejects)}" in out
     assert "Overlap coefficient with the TIF selection" in out
     assert f"Run root:   {curated.run}" in out
     assert f"mlflow ui --backend-store-uri {curated.tracking_uri}" in out
