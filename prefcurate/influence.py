@@ -226,7 +226,7 @@ def influence_scores(
     device = _device(model)
     params = {k: v.detach() for k, v in trainable_parameters(model).items()}
     tangent = _aligned(gradient, params, device)
-    val_norm = gradient.norm()
+    val_norm = gradient.norm() if cosine else None  # a float64 pass over every parameter: only when used
     tokenized = _prepare(pairs, tokenizer)
     ref_logps = reference_index(ref_logps)
     collator = make_collator(tokenizer, max_length, truncation_mode)
