@@ -25,6 +25,7 @@ from prefcurate.errors import SelectionError
 from prefcurate.selection import Selection
 
 AGREEMENT_JSON = "agreement.json"
+TABLES = ("correlations", "overlap", "detection", "removal")
 CLEAN = "clean"
 PROXIES = ("lossdiff", "irm")
 PAPER_PEARSON = {"lossdiff": "0.77", "irm": "0.67"}
@@ -58,19 +59,28 @@ class AgreementReport:
         return "\n\n".join(out) + "\n"
 
     def to_json(self) -> str:
-        """JSON with one list of records per table (NaN as null) and the notes."""
+        """JSON with one list of records per table (NaN as null), each table's column order
+        (JSON objects are unordered and our writers sort keys) and the notes."""
         def records(table: pd.DataFrame) -> list[dict[str, Any]]:
             rows = table.reset_index().to_dict(orient="records")
             return [{k: _plain(v) for k, v in row.items()} for row in rows]
 
-        payload = {
-            "correlations": records(self.correlations),
-            "overlap": records(self.overlap),
-            "detection": records(self.detection),
-            "removal": records(self.removal),
-            "notes": self.notes,
-        }
+        payload: dict[str, Any] = {name: records(getattr(self, name)) for name in TABLES}
+        payload["columns"] = {name: [str(c) for c in getattr(self, name).reset_index().columns] for name in TABLES}
+        payload["notes"] = self.notes
         return json.dumps(payload, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, payload: str | dict[str, Any]) -> "AgreementReport":
+        """The report `to_json` wrote (text or parsed), tables in their original column order."""
+        data = json.loads(payload) if isinstance(payload, str) else payload
+
+        def table(name: str) -> pd.DataFrame:
+            columns = data.get("columns", {}).get(name)
+            frame = pd.DataFrame.from_records(data.get(name) or [], columns=columns)
+            return frame.set_index(columns[0]) if columns else frame
+
+        return cls(*(table(name) for name in TABLES), notes=list(data.get("notes", [])))
 
 
 def agreement_report(

@@ -21,19 +21,6 @@ from tasks.artifacts import publish_markdown
 from tasks.common import IO_RETRIES, StageOutput, run_stage
 
 MODULES = ("prefcurate.report", "prefcurate.plots")
-_INDEX = {"correlations": "score", "overlap": "selection", "detection": "defect", "removal": "defect"}
-
-
-def agreement_from_json(payload: Mapping[str, Any]) -> AgreementReport:
-    """The AgreementReport written by `agreement.write_agreement`, read back for the report."""
-
-    def table(name: str) -> pd.DataFrame:
-        frame = pd.DataFrame.from_records(payload.get(name) or [])
-        index = _INDEX[name]
-        return frame.set_index(index) if index in frame.columns else frame
-
-    return AgreementReport(*(table(n) for n in ("correlations", "overlap", "detection", "removal")),
-                           notes=list(payload.get("notes", [])))
 
 
 @task(name="report", cache_policy=NONE, **IO_RETRIES)
@@ -54,7 +41,7 @@ def report_stage(
             run_name=config.run_name, run_root=run, model_uri=ingest.extra["sft_uri"],
             model_fingerprint=ingest.extra["sft_fingerprint"],
             counts={k: v for k, v in ingest.rows.items()}, rejects_by_reason=ingest.extra.get("rejects_by_reason"),
-            selection=selection, agreement=agreement_from_json(select.extra["agreement"]),
+            selection=selection, agreement=AgreementReport.from_json(select.extra["agreement"]),
             leaderboard=board, reference=reference, figures=figures, tracking=tracking,
         )  # fmt: skip
         uri = write_report(markdown, run)

@@ -1,4 +1,4 @@
-"""The report stage reads the agreement report back from agreement.json without losing a table."""
+"""agreement.json reads back into the same report: every table, its column order, the notes."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import json
 import numpy as np
 import pandas as pd
 
-from prefcurate.agreement import agreement_report
+from prefcurate.agreement import AgreementReport, agreement_report
 from prefcurate.config import SelectionConfig
 from prefcurate.selection import select
-from tasks.report import agreement_from_json
 
 
 def test_agreement_json_round_trip():
@@ -23,10 +22,9 @@ def test_agreement_json_round_trip():
     selections = {r: select(scores, SelectionConfig(rule=r)) for r in ("lossdiff-irm", "tif", "irm-band")}
     defects = pd.DataFrame({"pair_id": ["p1", "p2", "p3"], "defect": ["label_flip"] * 3})
     report = agreement_report(scores, selections, defects)
-    back = agreement_from_json(json.loads(report.to_json()))
+    back = AgreementReport.from_json(json.loads(report.to_json()))
     for name in ("correlations", "overlap", "detection", "removal"):
         original, read = getattr(report, name), getattr(back, name)
         assert not original.empty
-        # agreement.json sorts keys, so only the column order may differ
-        pd.testing.assert_frame_equal(read[list(original.columns)], original, check_dtype=False)
+        pd.testing.assert_frame_equal(read, original, check_dtype=False)  # column order included
     assert back.notes == report.notes
