@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from flows.runs import parent_run, task_runner, use_torch_threads
 from prefcurate.config import RunConfig, ScoringConfig, TrainingConfig, _Pipeline
 from prefcurate.manifest import StageManifest, run_uri
-from prefcurate.tracking import RunHandle, run_url, ui_command
+from prefcurate.tracking import RunHandle, log_metrics, run_url, ui_command
 from tasks.artifacts import PrefectProgress
 from tasks.common import sft_source
 from tasks.evaluate import generate_stage, judge_stage
@@ -134,6 +134,9 @@ def curate(config: RunConfig) -> CurateResult:
         judged = judge_stage({n: m.outputs["model_outputs"] for n, m in generated.items()}, config.evaluation, run,
                              config.cache_dir, list(generated.values()), parent)  # fmt: skip
         manifests["judge"] = judged
+        # the headline numbers on the parent too, so MLflow's runs table can show and compare them
+        log_metrics(parent, {f"{key}.{row['model']}": row[key] for row in judged.extra["leaderboard"]
+                             for key in ("win_rate", "standard_error") if row.get(key) is not None})
         if config.tracking.register_model:
             manifests["register"] = register_stage(finals["selected"], config.tracking, run, config.cache_dir, parent)
         report = report_stage(manifests, config, run, parent)

@@ -99,7 +99,9 @@ def _experiment_id(tracking: TrackingConfig) -> str:
     if exp is not None:
         return exp.experiment_id
     try:
-        return mlc.create_experiment(tracking.experiment, artifact_location=tracking.artifact_location)
+        # The UI otherwise opens a new experiment in its GenAI (traces) view; ours are training runs.
+        return mlc.create_experiment(tracking.experiment, artifact_location=tracking.artifact_location,
+                                     tags={"mlflow.experimentKind": "custom_model_development"})
     except MlflowException:  # created concurrently by another process
         exp = _call("experiment lookup", tracking.tracking_uri, mlc.get_experiment_by_name, tracking.experiment)
         if exp is None:

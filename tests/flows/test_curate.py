@@ -95,6 +95,10 @@ def test_mlflow_run_tree(curated):
     assert "pearson_if.lossdiff" in select and "overlap_tif.lossdiff-irm" in select
     board = pd.read_csv(curated.run / "eval" / "leaderboard.csv", index_col=0)
     assert stages["judge"].data.metrics["win_rate.selected"] == pytest.approx(board.loc["selected", "win_rate"])
+    for model in board.index:  # the headline numbers also sit on the parent, for the runs table
+        assert parent.data.metrics[f"win_rate.{model}"] == pytest.approx(board.loc[model, "win_rate"])
+        assert parent.data.metrics[f"standard_error.{model}"] == pytest.approx(board.loc[model, "standard_error"])
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"report.md", "figures"} <= artifacts
     figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
