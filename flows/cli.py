@@ -204,6 +204,8 @@ def _flow_console() -> None:
     _quiet_libraries()
     # A loaded 2-core machine can take longer than Prefect's default 20 s to start the ephemeral API.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # Offline by design: the ephemeral server's telemetry would log an ERROR on every run without network.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     import prefect  # noqa: F401  (configures Prefect's logging)
 
     for handler in logging.getLogger().handlers:
