@@ -162,6 +162,13 @@ def _fmt(value: object, digits: int = 1) -> str:
     return "-" if value is None else f"{float(value):.{digits}f}"
 
 
+def _registered(register: StageManifest | None) -> list[str]:
+    if register is None:
+        return []
+    name, version, alias = (register.extra.get(k) for k in ("name", "version", "alias"))
+    return [f"Model:      models:/{name}@{alias} (version {version}, the selected model)"]
+
+
 def render(result: CurateResult, tracking_uri: str) -> str:
     """What `prefcurate demo` and `prefcurate curate` print: leaderboard, kept fraction, agreement, where to look."""
     lines = [f"Leaderboard (win rate % against {result.reference}, {result.judge} judge; ± standard error)"]
@@ -187,6 +194,7 @@ def render(result: CurateResult, tracking_uri: str) -> str:
         "",
         f"Run root:   {result.run_uri}",
         f"Report:     {result.report_uri or '-'}",
+        *_registered(result.manifests.get("register")),
         f"MLflow run: {result.mlflow_url or '-'}",
         f"MLflow UI:  {ui_command(tracking_uri)}",
     ]

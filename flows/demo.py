@@ -43,7 +43,7 @@ def demo_config(world: World, root: str, size: str) -> RunConfig:
         # The SFT model is near-perfect greedily; sampled answers show what DPO changes (DESIGN §4).
         evaluation=EvaluationConfig(generation=GenerationConfig(do_sample=True, seed=0)),
         tracking=TrackingConfig(tracking_uri=f"sqlite:///{base / 'mlflow.db'}", experiment="prefcurate-demo",
-                                artifact_location=str(base / "mlartifacts"), register_model=None),
+                                artifact_location=str(base / "mlartifacts"), register_model="prefcurate-demo"),
     )  # fmt: skip
 
 

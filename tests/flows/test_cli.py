@@ -29,6 +29,7 @@ def test_curate_cli_end_to_end(curated):
     assert f"rejected {len(rejects)}" in out
     assert "Overlap coefficient with the TIF selection" in out
     assert f"Run root:   {curated.run}" in out
+    assert "models:/toy-selected@candidate (version 1" in out
     assert f"mlflow ui --backend-store-uri {curated.tracking_uri}" in out
 
 
