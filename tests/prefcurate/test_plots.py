@@ -13,18 +13,12 @@ from prefcurate import plots
 from prefcurate.config import SelectionConfig
 from prefcurate.errors import DataError
 from prefcurate.selection import select
+from tests.prefcurate.synthetic import correlated_scores
 
 
 @pytest.fixture(scope="module")
 def scores() -> pd.DataFrame:
-    rng = np.random.default_rng(0)
-    n = 400
-    irm = rng.normal(0.5, 1.0, n)
-    lossdiff = 0.6 * irm + rng.normal(0, 0.5, n)
-    influence = 0.8 * lossdiff + rng.normal(0, 0.4, n)
-    lo, hi = np.percentile(influence, [25, 75])
-    return pd.DataFrame({"pair_id": [f"p{i:04d}" for i in range(n)], "if": influence, "lossdiff": lossdiff,
-                         "irm": irm, "tif": (influence > lo) & (influence < hi)})
+    return correlated_scores(400, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -11,18 +10,12 @@ from prefcurate.agreement import agreement_report
 from prefcurate.config import SelectionConfig
 from prefcurate.selection import select
 from prefcurate.tracking import RunHandle
+from tests.prefcurate.synthetic import correlated_scores
 
 
 @pytest.fixture(scope="module")
 def scores() -> pd.DataFrame:
-    rng = np.random.default_rng(1)
-    n = 300
-    irm = rng.normal(0.5, 1.0, n)
-    lossdiff = 0.6 * irm + rng.normal(0, 0.5, n)
-    influence = 0.8 * lossdiff + rng.normal(0, 0.4, n)
-    lo, hi = np.percentile(influence, [25, 75])
-    return pd.DataFrame({"pair_id": [f"p{i:04d}" for i in range(n)], "if": influence, "lossdiff": lossdiff,
-                         "irm": irm, "tif": (influence > lo) & (influence < hi)})
+    return correlated_scores(300, seed=1)
 
 
 LEADERBOARD = pd.DataFrame({
