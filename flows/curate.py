@@ -31,8 +31,8 @@ from tasks.select import select_stage
 from tasks.train import final_stage, validation_model_stage, warmup_stage
 
 
-class CurateResult(BaseModel):
-    """What a finished `curate` run hands back (also what `prefcurate demo` prints)."""
+class SelectionResult(BaseModel):
+    """What every flow that selects hands back: where the run is, and what was kept."""
 
     run_uri: str
     mlflow_run_id: str | None = None
@@ -41,12 +41,24 @@ class CurateResult(BaseModel):
     n_pool: int
     n_kept: int
     kept_fraction: float
+    agreement_text: str = ""
+    manifests: dict[str, StageManifest] = Field(default_factory=dict)
+
+    @staticmethod
+    def fields(run: str, parent: RunHandle, select: StageManifest) -> dict[str, Any]:
+        """The shared fields, read from the select stage's manifest and the MLflow parent run."""
+        return {"run_uri": run, "mlflow_run_id": parent.run_id, "mlflow_url": run_url(parent),
+                "rule": select.extra["rule"], "n_pool": select.rows["pool"], "n_kept": select.rows["kept"],
+                "kept_fraction": select.extra["kept_fraction"], "agreement_text": select.extra["agreement_text"]}
+
+
+class CurateResult(SelectionResult):
+    """What a finished `curate` run hands back (also what `prefcurate demo` prints)."""
+
     reference: str = ""
     judge: str = ""
     leaderboard: list[dict[str, Any]] = Field(default_factory=list)
-    agreement_text: str = ""
     report_uri: str | None = None
-    manifests: dict[str, StageManifest] = Field(default_factory=dict)
 
 
 @dataclass
@@ -142,17 +154,10 @@ def curate(config: RunConfig) -> CurateResult:
         report = report_stage(manifests, config, run, parent)
         manifests["report"] = report
     return CurateResult(
-        run_uri=run,
-        mlflow_run_id=parent.run_id,
-        mlflow_url=run_url(parent),
-        rule=sel.extra["rule"],
-        n_pool=sel.rows["pool"],
-        n_kept=sel.rows["kept"],
-        kept_fraction=sel.extra["kept_fraction"],
+        **SelectionResult.fields(run, parent, sel),
         reference=judged.extra["reference"],
         judge=judged.extra["judge"],
         leaderboard=judged.extra["leaderboard"],
-        agreement_text=sel.extra["agreement_text"],
         report_uri=report.outputs.get("report"),
         manifests=manifests,
     )

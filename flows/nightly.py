@@ -10,28 +10,19 @@ training job reads.
 from __future__ import annotations
 
 from prefect import flow
-from pydantic import BaseModel
 
-from flows.curate import score_and_select
+from flows.curate import SelectionResult, score_and_select
 from flows.runs import parent_run, use_torch_threads
 from prefcurate import io
 from prefcurate.config import NightlyConfig
-from prefcurate.manifest import StageManifest, run_uri
-from prefcurate.tracking import run_url
+from prefcurate.manifest import run_uri
 from tasks.select import publish_stage
 
 
-class NightlyResult(BaseModel):
-    run_uri: str
+class NightlyResult(SelectionResult):
+    """What a finished `nightly` run hands back: the selection and where it was published."""
+
     publish_uri: str
-    mlflow_run_id: str | None = None
-    mlflow_url: str | None = None
-    rule: str
-    n_pool: int
-    n_kept: int
-    kept_fraction: float
-    agreement_text: str = ""
-    manifests: dict[str, StageManifest]
 
 
 @flow(name="nightly-curation")
@@ -45,14 +36,7 @@ def nightly(config: NightlyConfig) -> NightlyResult:
         published = publish_stage(done.select, done.score, target, parent)
     sel = done.select
     return NightlyResult(
-        run_uri=run,
+        **SelectionResult.fields(run, parent, sel),
         publish_uri=target,
-        mlflow_run_id=parent.run_id,
-        mlflow_url=run_url(parent),
-        rule=sel.extra["rule"],
-        n_pool=sel.rows["pool"],
-        n_kept=sel.rows["kept"],
-        kept_fraction=sel.extra["kept_fraction"],
-        agreement_text=sel.extra["agreement_text"],
         manifests={**done.as_dict(), "publish": published},
     )
