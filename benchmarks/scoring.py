@@ -5,7 +5,7 @@
     python -m benchmarks.scoring --model qwen2-0.5b --device cuda --dtype bf16 --pairs 512
 
 Every number of one table is measured in one run, on the same pool and the same model θ:
-the product's own code paths (prefcurate.logps / influence / dpo) timed against a plain
+the product's own code paths (prefcurate.scoring.logps / influence / dpo) timed against a plain
 batched forward of the same model over the same collated batches and against a
 per-example gradient loop (the reference exact IF replaces). Peak memory is read in a
 fresh subprocess per pool size (ru_maxrss, or torch.cuda.max_memory_allocated), so
@@ -36,10 +36,10 @@ import numpy as np
 import torch
 
 from prefcurate.config import TrainingConfig
-from prefcurate.data import pair_id, pairs_from_rows
-from prefcurate.dpo import fit_dpo
-from prefcurate.influence import ValidationGradient, influence_scores, trainable_parameters, validation_gradient
-from prefcurate.logps import (
+from prefcurate.data.pairs import pair_id, pairs_from_rows
+from prefcurate.training.dpo import fit_dpo
+from prefcurate.scoring.influence import ValidationGradient, influence_scores, trainable_parameters, validation_gradient
+from prefcurate.scoring.logps import (
     compute_logps,
     dpo_loss,
     iter_batches,

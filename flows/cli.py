@@ -68,7 +68,7 @@ def data_check(
     import json
 
     _quiet_libraries()
-    from prefcurate.data import SCHEMA_LABELS, load_pairs
+    from prefcurate.data.pairs import SCHEMA_LABELS, load_pairs
 
     try:
         result = load_pairs(uri, split=split, max_prompt_chars=max_prompt_chars)
@@ -241,8 +241,8 @@ def demo(
     _flow_console()
     from pathlib import Path
 
-    from flows.curate import render
-    from flows.demo import run_demo
+    from prefcurate.flows.curate import render
+    from prefcurate.flows.demo import run_demo
 
     typer.echo(f"toy world ({size}, seed {seed}) under {Path(root).resolve() / f'toyworld-{size}'} (built on first use), then curate")
     try:
@@ -262,8 +262,8 @@ def curate(
 
     cfg = _load(RunConfig, config, sets)
     _flow_console()
-    from flows.curate import curate as curate_flow
-    from flows.curate import render
+    from prefcurate.flows.curate import curate as curate_flow
+    from prefcurate.flows.curate import render
 
     typer.echo("\n" + render(_run_flow(curate_flow, cfg), cfg.tracking.tracking_uri))
 
@@ -278,7 +278,7 @@ def nightly(
 
     cfg = _load(NightlyConfig, config, sets)
     _flow_console()
-    from flows.nightly import nightly as nightly_flow
+    from prefcurate.flows.nightly import nightly as nightly_flow
 
     result = _run_flow(nightly_flow, cfg)
     typer.echo(f"\nSelection ({result.rule}): kept {result.n_kept} of {result.n_pool} pairs ({result.kept_fraction:.1%})")
@@ -311,13 +311,19 @@ def evaluate(
         overrides.append(f"evaluation.reference={reference}")
     cfg = _load(EvaluateConfig, config, overrides)
     _flow_console()
-    from flows.evaluate import evaluate as evaluate_flow
+    from prefcurate.flows.evaluate import evaluate as evaluate_flow
 
     result = _run_flow(evaluate_flow, cfg)
     typer.echo(f"\nWin rate % against {result.reference} ({result.judge} judge; ± standard error)")
     for row in result.leaderboard:
-        typer.echo(f"  {row['model']:<16} {row['win_rate']:6.1f} ± {row['standard_error'] or 0:4.1f}   n={int(row['n_total'])}")
+        typer.echo(f"  {row['model']:<16} {_number(row.get('win_rate'), 6)} ± {_number(row.get('standard_error'), 4)}"
+                   f"   n={int(row.get('n_total') or 0)}")
     typer.echo(f"\nRun root:   {result.run_uri}\nMLflow run: {result.mlflow_url}")
+
+
+def _number(value: object, width: int) -> str:
+    """A one-decimal number, or '-' where a model got no verdict (the leaderboard keeps its row)."""
+    return f"{'-':>{width}}" if value is None else f"{float(value):{width}.1f}"
 
 
 @app.command()
@@ -334,7 +340,7 @@ def serve(
     _flow_console()
     from prefect import serve as prefect_serve
 
-    from flows.serve import deployments
+    from prefcurate.flows.serve import deployments
 
     try:
         served = deployments(cfg, cron=cron, timezone=timezone)

@@ -1,8 +1,8 @@
 """The `curate` flow: ingest → reference log-probs → warm-up θ → θ_val + ∇L_val → scores
 (sharded) → selection → final DPO (selected + baselines) → evaluation → report.
 
-Every stage is a task that returns a manifest and skips itself when its manifest (same
-cache key) is already under the run root, so rerunning a killed or failed run finishes it
+Every stage is a task that returns its typed output and skips itself when its manifest
+(same cache key, every output intact) is already under the run root, so rerunning a killed or failed run finishes it
 without redoing finished work. Scoring shards map over the task runner of
 `config.scaleout` (in-process, or Dask through prefect-dask).
 """
@@ -14,21 +14,29 @@ from typing import Any
 
 from prefect import flow
 from prefect.futures import as_completed
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializeAsAny
 
-from flows.runs import parent_run, task_runner, use_torch_threads
-from prefcurate.config import RunConfig, ScoringConfig, TrainingConfig, _Pipeline
-from prefcurate.manifest import StageManifest, run_uri
+from prefcurate.config import RunConfig, _Pipeline
+from prefcurate.data.stage import IngestOut
+from prefcurate.errors import SelectionError
+from prefcurate.evaluation.stage import GenerateOut
+from prefcurate.flows.runs import parent_run, task_runner, use_torch_threads
+from prefcurate.manifest import StageOutput, run_uri
+from prefcurate.reporting.stage import RegisterOut
+from prefcurate.scoring.reference import ReferenceOut
+from prefcurate.scoring.scores import shard_ranges
+from prefcurate.scoring.stage import GradientOut, ScoreOut
+from prefcurate.selection.stage import SelectOut
+from prefcurate.tasks.artifacts import PrefectProgress
+from prefcurate.tasks.evaluate import generate_stage, judge_stage
+from prefcurate.tasks.gradient import gradient_stage
+from prefcurate.tasks.ingest import ingest_stage
+from prefcurate.tasks.report import register_stage, report_stage
+from prefcurate.tasks.score import merge_scores_stage, reference_stage, score_shard_stage
+from prefcurate.tasks.select import select_stage
+from prefcurate.tasks.train import final_stage, validation_model_stage, warmup_stage
 from prefcurate.tracking import RunHandle, log_metrics, run_url, ui_command
-from tasks.artifacts import PrefectProgress
-from tasks.common import sft_source
-from tasks.evaluate import generate_stage, judge_stage
-from tasks.gradient import gradient_stage
-from tasks.ingest import ingest_stage
-from tasks.report import register_stage, report_stage
-from tasks.score import merge_scores_stage, reference_stage, score_shard_stage, shard_ranges
-from tasks.select import select_stage
-from tasks.train import final_stage, validation_model_stage, warmup_stage
+from prefcurate.training.stage import ModelOut
 
 
 class SelectionResult(BaseModel):
@@ -42,14 +50,16 @@ class SelectionResult(BaseModel):
     n_kept: int
     kept_fraction: float
     agreement_text: str = ""
-    manifests: dict[str, StageManifest] = Field(default_factory=dict)
+    ingest: IngestOut
+    stages: dict[str, SerializeAsAny[StageOutput]] = Field(default_factory=dict, description="Every stage's typed output by stage name.")
 
     @staticmethod
-    def fields(run: str, parent: RunHandle, select: StageManifest) -> dict[str, Any]:
-        """The shared fields, read from the select stage's manifest and the MLflow parent run."""
-        return {"run_uri": run, "mlflow_run_id": parent.run_id, "mlflow_url": run_url(parent),
-                "rule": select.extra["rule"], "n_pool": select.rows["pool"], "n_kept": select.rows["kept"],
-                "kept_fraction": select.extra["kept_fraction"], "agreement_text": select.extra["agreement_text"]}
+    def fields(run: str, parent: RunHandle, done: "Curated") -> dict[str, Any]:
+        """The shared fields, read from the select stage's output and the MLflow parent run."""
+        sel = done.select
+        return {"run_uri": run, "mlflow_run_id": parent.run_id, "mlflow_url": run_url(parent), "rule": sel.rule,
+                "n_pool": sel.n_pool, "n_kept": sel.n_kept, "kept_fraction": sel.kept_fraction,
+                "agreement_text": sel.agreement_report().render(), "ingest": done.ingest}
 
 
 class CurateResult(SelectionResult):
@@ -59,40 +69,32 @@ class CurateResult(SelectionResult):
     judge: str = ""
     leaderboard: list[dict[str, Any]] = Field(default_factory=list)
     report_uri: str | None = None
+    registered: RegisterOut | None = None
 
 
 @dataclass
 class Curated:
-    """The manifests of the stages that `curate` and `nightly` share."""
+    """The outputs of the stages that `curate` and `nightly` share."""
 
-    ingest: StageManifest
-    ref: StageManifest
-    warmup: StageManifest
-    val: StageManifest
-    gradient: StageManifest | None
-    score: StageManifest
-    select: StageManifest
+    ingest: IngestOut
+    ref: ReferenceOut
+    warmup: ModelOut
+    val: ModelOut
+    gradient: GradientOut | None
+    score: ScoreOut
+    select: SelectOut
 
-    def as_dict(self) -> dict[str, StageManifest]:
+    def as_dict(self) -> dict[str, StageOutput]:
         return {k: v for k, v in vars(self).items() if v is not None}
 
 
-@flow(name="score-pool")
-def score_pool(
-    ingest: StageManifest,
-    ref: StageManifest,
-    warmup: StageManifest,
-    val: StageManifest,
-    gradient: StageManifest | None,
-    training: TrainingConfig,
-    scoring: ScoringConfig,
-    run: str,
-    tracking: RunHandle | None = None,
-) -> StageManifest:
+@flow(name="score-shards")
+def score_shards(done: dict[str, Any], config: _Pipeline, run: str, tracking: RunHandle | None = None) -> ScoreOut:
     """Score the pool shard by shard on this flow's task runner, then join the shards."""
-    ranges = shard_ranges(ingest.rows["train"], scoring.shard_size)
+    ingest = done["ingest"]
+    ranges = shard_ranges(ingest.n_train, config.scoring.shard_size)
     futures = [
-        score_shard_stage.submit(i, rows, ingest, ref, warmup, val, gradient, training, scoring, run)
+        score_shard_stage.submit(i, rows, ingest, done["ref"], done["warmup"], done["val"], done["gradient"], config, run)
         for i, rows in enumerate(ranges)
     ]
     progress = PrefectProgress("scoring", description=f"{len(ranges)} scoring shards")
@@ -100,21 +102,20 @@ def score_pool(
     for future in as_completed(futures):
         shards.append(future.result())
         progress(len(shards), len(futures))
-    return merge_scores_stage(shards, scoring, run, tracking)
+    return merge_scores_stage(shards, config, run, tracking)
 
 
 def score_and_select(config: _Pipeline, run: str, parent: RunHandle | None) -> Curated:
     """The stages up to and including the selection (shared by `curate` and `nightly`)."""
-    ingest = ingest_stage(config.model, config.data, run, config.cache_dir, parent)
-    ref = reference_stage(ingest, config.training, config.scoring, run, parent)
-    warmup = warmup_stage(ingest, ref, config.training, run, parent)
-    val = validation_model_stage(ingest, ref, warmup, config.training, run, parent)
-    gradient = (
-        gradient_stage(ingest, ref, warmup, config.training, config.scoring, run, parent) if config.scoring.compute_if else None
-    )
-    scorer = score_pool.with_options(task_runner=task_runner(config.scaleout))
-    score = scorer(ingest, ref, warmup, val, gradient, config.training, config.scoring, run, parent)
-    select = select_stage(score, ingest, config.selection, run, config.defects_uri, config.data.pool_uri, parent)
+    ingest = ingest_stage(config, run, parent)
+    ref = reference_stage(ingest, config, run, parent)
+    warmup = warmup_stage(ingest, ref, config, run, parent)
+    val = validation_model_stage(ingest, ref, warmup, config, run, parent)
+    gradient = gradient_stage(ingest, ref, warmup, config, run, parent) if config.scoring.compute_if else None
+    scorer = score_shards.with_options(task_runner=task_runner(config.scaleout))
+    done = {"ingest": ingest, "ref": ref, "warmup": warmup, "val": val, "gradient": gradient}
+    score = scorer(done, config, run, parent)
+    select = select_stage(score, config, run, parent)
     return Curated(ingest, ref, warmup, val, gradient, score, select)
 
 
@@ -126,40 +127,45 @@ def curate(config: RunConfig) -> CurateResult:
     use_torch_threads(config.scaleout)
     with parent_run("curate", config, config.tracking, run) as parent:
         done = score_and_select(config, run, parent)
-        manifests = done.as_dict()
+        stages: dict[str, StageOutput] = done.as_dict()
         sel = done.select
-        selections = {"selected": sel.extra["selection_dir"], "full": None, "random": sel.extra["random_dir"]}
-        finals: dict[str, StageManifest] = {}
-        for name in ["selected", *[b for b in config.evaluation.baselines if b in ("full", "random")]]:
-            finals[name] = final_stage(name, selections[name], done.ingest, done.ref, done.warmup, sel,
-                                       config.training, run, parent)  # fmt: skip
-            manifests[f"final-{name}"] = finals[name]
-        models = {name: (m.outputs["model"], m) for name, m in finals.items()}
+        trained = ["selected", *[b for b in config.evaluation.baselines if b != "sft"]]
+        finals: dict[str, ModelOut] = {}
+        missing = [name for name in trained if name not in ("selected", "full", *sel.rules)]
+        if missing:
+            raise SelectionError(f"baselines {missing} could not be selected on these scores (see the select stage's log); "
+                                 "remove them from evaluation.baselines")
+        for name in trained:
+            selection = sel.selection if name == "selected" else None if name == "full" else sel.rules[name]
+            finals[name] = final_stage(name, selection, done.ingest, done.ref, done.warmup, config, run, parent)
+            stages[f"final-{name}"] = finals[name]
+        models: dict[str, Any] = dict(finals)
         if "sft" in config.evaluation.baselines:
-            models["sft"] = (sft_source(done.ingest), done.ingest)
-        prompts = done.ingest.outputs["eval_prompts"]
-        generated = {
-            name: generate_stage(name, uri, manifest, prompts, config.evaluation.generation, run, parent)
-            for name, (uri, manifest) in models.items()
+            models["sft"] = done.ingest.sft
+        generated: dict[str, GenerateOut] = {
+            name: generate_stage(name, model, done.ingest.eval_prompts, config, run, parent) for name, model in models.items()
         }
-        manifests.update({f"generate-{n}": m for n, m in generated.items()})
-        judged = judge_stage({n: m.outputs["model_outputs"] for n, m in generated.items()}, config.evaluation, run,
-                             config.cache_dir, list(generated.values()), parent)  # fmt: skip
-        manifests["judge"] = judged
+        stages.update({f"generate-{n}": g for n, g in generated.items()})
+        judged = judge_stage({n: g.model_outputs for n, g in generated.items()}, config, run, parent)
+        stages["judge"] = judged
+        leaderboard = judged.leaderboard_records()
         # the headline numbers on the parent too, so MLflow's runs table can show and compare them
-        log_metrics(parent, {f"{key}.{row['model']}": row[key] for row in judged.extra["leaderboard"]
+        log_metrics(parent, {f"{key}.{row['model']}": row[key] for row in leaderboard
                              for key in ("win_rate", "standard_error") if row.get(key) is not None})
+        registered = None
         if config.tracking.register_model:
-            manifests["register"] = register_stage(finals["selected"], config.tracking, run, config.cache_dir, parent)
-        report = report_stage(manifests, config, run, parent)
-        manifests["report"] = report
+            registered = stages["register"] = register_stage(finals["selected"], config, run, parent)
+        others = {k: v for k, v in stages.items() if k not in ("ingest", "score", "select", "judge")}
+        report = report_stage(done.ingest, done.score, sel, judged, others, config, run, parent)
+        stages["report"] = report
     return CurateResult(
-        **SelectionResult.fields(run, parent, sel),
-        reference=judged.extra["reference"],
-        judge=judged.extra["judge"],
-        leaderboard=judged.extra["leaderboard"],
-        report_uri=report.outputs.get("report"),
-        manifests=manifests,
+        **SelectionResult.fields(run, parent, done),
+        reference=judged.reference,
+        judge=judged.judge,
+        leaderboard=leaderboard,
+        report_uri=report.report.uri,
+        registered=registered,
+        stages=stages,
     )
 
 
@@ -167,11 +173,10 @@ def _fmt(value: object, digits: int = 1) -> str:
     return "-" if value is None else f"{float(value):.{digits}f}"
 
 
-def _registered(register: StageManifest | None) -> list[str]:
+def _registered(register: RegisterOut | None) -> list[str]:
     if register is None:
         return []
-    name, version, alias = (register.extra.get(k) for k in ("name", "version", "alias"))
-    return [f"Model:      models:/{name}@{alias} (version {version}, the selected model)"]
+    return [f"Model:      models:/{register.name}@{register.alias} (version {register.version}, the selected model)"]
 
 
 def render(result: CurateResult, tracking_uri: str) -> str:
@@ -184,12 +189,10 @@ def render(result: CurateResult, tracking_uri: str) -> str:
             f"{_fmt(row.get('length_controlled_winrate')):>8} ± {_fmt(row.get('lc_standard_error')):<5}"
             f"{_fmt(row.get('single_score'), 2):>8}   {int(row.get('n_total') or 0):>5}"
         )
-    ingest = result.manifests.get("ingest")
-    if ingest is not None:
-        rows, reasons = ingest.rows, ingest.extra.get("rejects_by_reason") or {}
-        why = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()))
-        lines += ["", f"Data: read {rows['read']} rows; train {rows['train']}, validation {rows['validation']}, "
-                      f"eval prompts {rows['eval_prompts']}; rejected {rows['rejected']}" + (f" ({why})" if why else "")]
+    ingest = result.ingest
+    why = ", ".join(f"{reason} {n}" for reason, n in sorted(ingest.rejects_by_reason.items()))
+    lines += ["", f"Data: read {ingest.rows_read} rows; train {ingest.n_train}, validation {ingest.n_validation}, "
+                  f"eval prompts {ingest.n_eval_prompts}; rejected {ingest.n_rejected}" + (f" ({why})" if why else "")]
     lines += [
         "",
         f"Selection ({result.rule}): kept {result.n_kept} of {result.n_pool} pairs ({result.kept_fraction:.1%})",
@@ -199,7 +202,7 @@ def render(result: CurateResult, tracking_uri: str) -> str:
         "",
         f"Run root:   {result.run_uri}",
         f"Report:     {result.report_uri or '-'}",
-        *_registered(result.manifests.get("register")),
+        *_registered(result.registered),
         f"MLflow run: {result.mlflow_url or '-'}",
         f"MLflow UI:  {ui_command(tracking_uri)}",
     ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flows.curate import CurateResult, curate
+from prefcurate.flows.curate import CurateResult, curate
 from prefcurate.config import (
     DataSource,
     EvaluationConfig,

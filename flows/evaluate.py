@@ -11,11 +11,12 @@ from typing import Any
 from prefect import flow
 from pydantic import BaseModel
 
-from flows.runs import parent_run
 from prefcurate.config import EvaluateConfig
-from prefcurate.manifest import StageManifest, run_uri
+from prefcurate.evaluation.stage import GenerateOut, JudgeOut
+from prefcurate.flows.runs import parent_run
+from prefcurate.manifest import FileRef, run_uri
+from prefcurate.tasks.evaluate import generate_stage, judge_stage
 from prefcurate.tracking import run_url
-from tasks.evaluate import generate_stage, judge_stage
 
 
 class EvaluateResult(BaseModel):
@@ -25,7 +26,8 @@ class EvaluateResult(BaseModel):
     reference: str
     judge: str
     leaderboard: list[dict[str, Any]]
-    manifests: dict[str, StageManifest]
+    generated: dict[str, GenerateOut]
+    judged: JudgeOut
 
 
 @flow(name="evaluate")
@@ -33,22 +35,23 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
     """Win rates (and single scores) of every model against `evaluation.reference`."""
     run = run_uri(config.root, config.run_name)
     with parent_run("evaluate", config, config.tracking, run) as parent:
-        generated: dict[str, StageManifest] = {}
-        files: dict[str, str] = {}
+        generated: dict[str, GenerateOut] = {}
+        files: dict[str, FileRef] = {}
+        prompts = FileRef.of(config.eval_prompts_uri) if config.eval_prompts_uri else None
         for name, uri in config.models.items():
             if uri.endswith(".json"):
-                files[name] = uri
+                files[name] = FileRef.of(uri)
             else:
-                generated[name] = generate_stage(name, uri, None, config.eval_prompts_uri, config.evaluation.generation,
-                                                 run, parent)  # fmt: skip
-                files[name] = generated[name].outputs["model_outputs"]
-        judged = judge_stage(files, config.evaluation, run, config.cache_dir, list(generated.values()), parent)
+                generated[name] = generate_stage(name, uri, prompts, config, run, parent)
+                files[name] = generated[name].model_outputs
+        judged = judge_stage(files, config, run, parent)
     return EvaluateResult(
         run_uri=run,
         mlflow_run_id=parent.run_id,
         mlflow_url=run_url(parent),
         reference=config.evaluation.reference,
-        judge=judged.extra["judge"],
-        leaderboard=judged.extra["leaderboard"],
-        manifests={**{f"generate-{n}": m for n, m in generated.items()}, "judge": judged},
+        judge=judged.judge,
+        leaderboard=judged.leaderboard_records(),
+        generated=generated,
+        judged=judged,
     )

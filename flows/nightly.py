@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.curate import SelectionResult, score_and_select
-from flows.runs import parent_run, use_torch_threads
 from prefcurate import io
 from prefcurate.config import NightlyConfig
+from prefcurate.flows.curate import SelectionResult, score_and_select
+from prefcurate.flows.runs import parent_run, use_torch_threads
 from prefcurate.manifest import run_uri
-from tasks.select import publish_stage
+from prefcurate.tasks.select import publish_stage
 
 
 class NightlyResult(SelectionResult):
@@ -29,14 +29,13 @@ class NightlyResult(SelectionResult):
 def nightly(config: NightlyConfig) -> NightlyResult:
     """Score and select a (new) preference pool for an SFT model and publish the selection."""
     run = run_uri(config.root, config.run_name)
-    target = config.publish_uri or io.join(run, "published")
+    config = config.model_copy(update={"publish_uri": config.publish_uri or io.join(run, "published")})
     use_torch_threads(config.scaleout)
     with parent_run("nightly", config, config.tracking, run) as parent:
         done = score_and_select(config, run, parent)
-        published = publish_stage(done.select, done.score, target, parent)
-    sel = done.select
+        published = publish_stage(done.select, done.score, config, run, parent)
     return NightlyResult(
-        **SelectionResult.fields(run, parent, sel),
-        publish_uri=target,
-        manifests={**done.as_dict(), "publish": published},
+        **SelectionResult.fields(run, parent, done),
+        publish_uri=published.publish_uri,
+        stages={**done.as_dict(), "publish": published},
     )

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from prefcurate.config import ScaleOutConfig, TrackingConfig, flatten
 from prefcurate.tracking import RunHandle, finish_run, log_params, set_tags, start_parent_run
-from tasks.artifacts import publish_mlflow_link
+from prefcurate.tasks.artifacts import publish_mlflow_link
 
 
 @contextmanager

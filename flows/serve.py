@@ -1,33 +1,62 @@
-"""`prefcurate serve`: the three deployments of prefect.yaml, served from this process.
+"""The three deployments, defined once: served from this process (`prefcurate serve`) or
+written out as `prefect.yaml` for `prefect deploy` with workers.
 
 `prefect.serve` needs no work pool and no worker: the process polls the API and runs the
 flows itself, which suits one machine (a laptop, a single GPU box). For workers on other
-machines use prefect.yaml with `prefect deploy` (docs/deployment.md). Both paths give the
-same deployment names, schedule and parameter forms.
+machines, `prefect.yaml` (rendered from `DEPLOYMENTS` by `prefect_yaml()`; a test keeps the
+committed file equal to it) deploys the same names, schedule and parameter forms.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from prefect import serve as prefect_serve
+import yaml
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
-from flows.curate import curate
-from flows.evaluate import evaluate
-from flows.nightly import nightly
 from prefcurate.config import NightlyConfig
 from prefcurate.errors import ConfigError
+from prefcurate.flows.curate import curate
+from prefcurate.flows.evaluate import evaluate
+from prefcurate.flows.nightly import nightly
 
 NIGHTLY_CRON = "0 2 * * *"
 TAGS = ["prefcurate"]
+WORK_POOL = "prefcurate-process"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    name: str
+    flow: object
+    entrypoint: str
+    description: str
+    tag: str
+    scheduled: bool = False
+    concurrency_limit: int | None = None
+
+
+DEPLOYMENTS = (
+    Deployment("nightly-curation", nightly, "flows/nightly.py:nightly",
+               "Every night at 02:00: ingest the preference pool, score every pair against the SFT model (IF, LossDiff, "
+               "IRM), select the valuable ones and publish the selection. No final training.",
+               "nightly", scheduled=True, concurrency_limit=1),
+    Deployment("curate", curate, "flows/curate.py:curate",
+               "On demand: curate a pool for an SFT model end to end — score, select, train DPO on the selection and the "
+               "baselines, evaluate win rates and write the report. Fill in the form (model.uri, data.pool_uri at least) "
+               "or pass --param/--params to `prefect deployment run`.", "curate"),
+    Deployment("evaluate", evaluate, "flows/evaluate.py:evaluate",
+               "On demand: judge checkpoints or AlpacaEval model_outputs.json files against a reference (win rate, "
+               "length-controlled win rate, single score).", "evaluate"),
+)
 
 
 def deployments(
     nightly_config: NightlyConfig | None = None, *, cron: str = NIGHTLY_CRON, timezone: str = "UTC"
 ) -> list[RunnerDeployment]:
-    """`nightly-curation` (cron), `curate` and `evaluate` (on demand) as runner deployments.
+    """The deployments as runner deployments for `prefect.serve`.
 
     Without a nightly config the schedule is created inactive: there is nothing to curate
     yet, and it can be switched on in the UI once the form has a model and a pool.
@@ -41,29 +70,58 @@ def deployments(
             f"invalid nightly schedule (cron '{cron}', timezone '{timezone}'): {detail}; "
             "give a 5-field cron expression and an IANA timezone such as Europe/Berlin"
         ) from exc
-    nightly_parameters = {"config": nightly_config.model_dump(mode="json")} if nightly_config else None
-    return [
-        nightly.to_deployment(
-            name="nightly-curation",
-            schedules=[schedule],
-            parameters=nightly_parameters,
-            concurrency_limit=1,
-            tags=[*TAGS, "nightly"],
-            description="Score and select the preference pool every night and publish the selection.",
-        ),
-        curate.to_deployment(
-            name="curate",
-            tags=[*TAGS, "curate"],
-            description="Curate a pool end to end: score, select, train DPO, evaluate, report.",
-        ),
-        evaluate.to_deployment(
-            name="evaluate",
-            tags=[*TAGS, "evaluate"],
-            description="Judge checkpoints or model_outputs.json files against a reference.",
-        ),
-    ]
+    out = []
+    for d in DEPLOYMENTS:
+        options = {"name": d.name, "tags": [*TAGS, d.tag], "description": d.description}
+        if d.scheduled:
+            options["schedules"] = [schedule]
+            if nightly_config is not None:
+                options["parameters"] = {"config": nightly_config.model_dump(mode="json")}
+        if d.concurrency_limit:
+            options["concurrency_limit"] = d.concurrency_limit
+        out.append(d.flow.to_deployment(**options))
+    return out
 
 
-def serve(nightly_config: NightlyConfig | None = None, *, cron: str = NIGHTLY_CRON, timezone: str = "UTC") -> None:
-    """Serve the deployments until interrupted (Ctrl-C)."""
-    prefect_serve(*deployments(nightly_config, cron=cron, timezone=timezone))
+HEADER = """\
+# prefcurate deployments — see docs/deployment.md. Generated from prefcurate/flows/serve.py
+# (python -m prefcurate.flows.serve > prefect.yaml); a test keeps the two equal.
+#
+#   prefect work-pool create prefcurate-process --type process
+#   prefect variable set prefcurate_model_uri /models/sft          # nightly's SFT checkpoint
+#   prefect variable set prefcurate_pool_uri s3://prefs/new.parquet  # nightly's preference pool
+#   prefect variable set prefcurate_timezone Europe/Berlin          # optional; unset = UTC
+#   prefect deploy --all                                           # from this directory
+#   prefect worker start --pool prefcurate-process
+#
+# Prefect variables are read when `prefect deploy` runs, not at run time: set them first and
+# deploy again after changing them. A missing variable becomes an empty value.
+#
+# The process worker runs flows from this checkout (the directory `prefect deploy` ran in).
+# For workers on other machines, replace the pull step with prefect.deployments.steps.git_clone.
+"""
+
+
+def prefect_yaml() -> str:
+    """`prefect.yaml` for these deployments on a process work pool."""
+    entries = []
+    for d in DEPLOYMENTS:
+        entry: dict = {"name": d.name, "entrypoint": d.entrypoint, "description": d.description, "tags": [*TAGS, d.tag]}
+        if d.concurrency_limit:
+            entry["concurrency_limit"] = d.concurrency_limit
+        if d.scheduled:
+            entry["schedules"] = [{"cron": NIGHTLY_CRON, "timezone": "{{ prefect.variables.prefcurate_timezone }}",
+                                   "active": True}]
+            entry["parameters"] = {"config": {"run_name": "nightly",
+                                              "model": {"uri": "{{ prefect.variables.prefcurate_model_uri }}"},
+                                              "data": {"pool_uri": "{{ prefect.variables.prefcurate_pool_uri }}"}}}
+        entry["work_pool"] = {"name": WORK_POOL, "work_queue_name": "default", "job_variables": {}}
+        entries.append(entry)
+    spec = {"name": "prefcurate", "build": None, "push": None,
+            "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ $PWD }}"}}],
+            "deployments": entries}
+    return HEADER + yaml.safe_dump(spec, sort_keys=False, width=120, allow_unicode=True)
+
+
+if __name__ == "__main__":
+    print(prefect_yaml(), end="")

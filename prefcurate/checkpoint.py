@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from prefcurate import io
 from prefcurate.config import ModelSource
-from prefcurate.errors import CheckpointError, StorageError
+from prefcurate.errors import CheckpointError, StorageError, first_line
 
 SAFETENSORS = ("*.safetensors", "*.safetensors.index.json")
 PICKLE = ("pytorch_model*.bin", "pytorch_model*.bin.index.json", "*.pt", "*.pth", "*.ckpt")
@@ -114,7 +114,7 @@ def _hub_snapshot(source: ModelSource) -> Path:
                 "HF_HUB_OFFLINE is set; download it first (hf download) or give a local directory"
             ) from exc
         raise CheckpointError(
-            f"no local directory {source.uri}, and hub model {where} cannot be fetched: {type(exc).__name__}: {_first_line(exc)}"
+            f"no local directory {source.uri}, and hub model {where} cannot be fetched: {type(exc).__name__}: {first_line(exc)}"
         ) from exc
 
 
@@ -161,7 +161,7 @@ def _load_config(local_dir: Path, trust_remote_code: bool) -> Any:
         return AutoConfig.from_pretrained(str(local_dir), trust_remote_code=trust_remote_code)
     except Exception as exc:
         hint = "" if trust_remote_code else " (a custom architecture needs trust_remote_code, off by default)"
-        raise CheckpointError(f"cannot load config.json in {local_dir}: {_first_line(exc)}{hint}") from exc
+        raise CheckpointError(f"cannot load config.json in {local_dir}: {first_line(exc)}{hint}") from exc
 
 
 def _chat_template_text(value: str) -> str:
@@ -174,17 +174,22 @@ def _chat_template_text(value: str) -> str:
     return value
 
 
-def _load_tokenizer(local_dir: Path, source: ModelSource) -> tuple[Any, bool]:
-    """The tokenizer with a chat template (its own, or the one supplied); whether one was supplied."""
+def _load_tokenizer(local_dir: Path, source: ModelSource, *, chat: bool = True) -> tuple[Any, bool]:
+    """The tokenizer with a chat template (its own, or the one supplied); whether one was supplied.
+
+    `chat=False` (a reward model) takes the tokenizer as it is: a template is used when present.
+    """
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(local_dir), trust_remote_code=source.trust_remote_code)
     except Exception as exc:
         raise CheckpointError(
-            f"cannot load a tokenizer from {local_dir}: {_first_line(exc)}; save it next to the model (tokenizer.save_pretrained)"
+            f"cannot load a tokenizer from {local_dir}: {first_line(exc)}; save it next to the model (tokenizer.save_pretrained)"
         ) from exc
     supplied = bool(source.chat_template)
+    if not chat and not supplied:
+        return tokenizer, False
     if supplied:
         tokenizer.chat_template = _chat_template_text(source.chat_template)
     elif not getattr(tokenizer, "chat_template", None):
@@ -201,7 +206,7 @@ def _check_chat_template(tokenizer: Any, local_dir: Path) -> None:
         full = tokenizer.apply_chat_template(exchange, tokenize=False)
     except Exception as exc:
         raise CheckpointError(
-            f"the chat template of {local_dir} cannot render a user/assistant exchange ({_first_line(exc)}); {CHAT_TEMPLATE_HINT}"
+            f"the chat template of {local_dir} cannot render a user/assistant exchange ({first_line(exc)}); {CHAT_TEMPLATE_HINT}"
         ) from exc
     if not full.startswith(prompt):
         raise CheckpointError(
@@ -222,7 +227,7 @@ def _safetensors_parameters(files: list[Path]) -> int:
             with safe_open(str(path), framework="np") as fh:
                 total += sum(math.prod(fh.get_slice(k).get_shape()) for k in fh.keys())
         except Exception as exc:
-            raise CheckpointError(f"{path} is not a readable safetensors file: {_first_line(exc)}") from exc
+            raise CheckpointError(f"{path} is not a readable safetensors file: {first_line(exc)}") from exc
     return total
 
 
@@ -297,7 +302,7 @@ def load_checkpoint(
             trust_remote_code=source.trust_remote_code,
         )
     except Exception as exc:
-        raise CheckpointError(f"cannot load the model in {local_dir}: {_first_line(exc)}") from exc
+        raise CheckpointError(f"cannot load the model in {local_dir}: {first_line(exc)}") from exc
     return Checkpoint(
         model=model,
         tokenizer=tokenizer,
@@ -306,6 +311,27 @@ def load_checkpoint(
         architecture=_architecture(config),
         n_parameters=model.num_parameters(),
         metadata=_metadata(local_dir),
+    )
+
+
+def load_reward_model(source: ModelSource | str, *, cache_dir: str | os.PathLike | None = None) -> Checkpoint:
+    """A sequence-classification model, resolved and validated like any checkpoint (safetensors unless allowed)."""
+    from transformers import AutoModelForSequenceClassification
+
+    source = _source(source)
+    local_dir = _resolve(source, cache_dir)
+    config = _load_config(local_dir, source.trust_remote_code)
+    weight_format, _ = _weight_files(local_dir, source.allow_pickle)
+    tokenizer, _ = _load_tokenizer(local_dir, source, chat=False)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(local_dir), use_safetensors=weight_format == "safetensors", trust_remote_code=source.trust_remote_code
+        )
+    except Exception as exc:
+        raise CheckpointError(f"cannot load reward model {source.uri}: {first_line(exc)}") from exc
+    return Checkpoint(
+        model=model, tokenizer=tokenizer, fingerprint=fingerprint(local_dir), local_dir=local_dir,
+        architecture=_architecture(config), n_parameters=model.num_parameters(), metadata=_metadata(local_dir),
     )
 
 
@@ -338,7 +364,7 @@ def save_checkpoint(model: Any, tokenizer: Any, uri: str, metadata: dict | None 
     except (StorageError, CheckpointError):
         raise
     except Exception as exc:
-        raise CheckpointError(f"cannot save checkpoint to {uri}: {_first_line(exc)}") from exc
+        raise CheckpointError(f"cannot save checkpoint to {uri}: {first_line(exc)}") from exc
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -362,11 +388,6 @@ def _upload(staging: Path, uri: str, meta: dict) -> None:
         if fs.exists(path):
             fs.rm(path, recursive=True)
     except Exception as exc:
-        raise StorageError(f"cannot replace {uri}: {_first_line(exc)}") from exc
+        raise StorageError(f"cannot replace {uri}: {first_line(exc)}") from exc
     io.upload_dir(staging, uri)
     io.write_json(io.join(uri, METADATA_FILE), meta)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

@@ -13,6 +13,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from prefcurate.errors import ConfigError
+from prefcurate.evaluation.judges import JUDGES
+from prefcurate.selection.rules import RULES
 
 
 class Section(BaseModel):
@@ -84,9 +86,10 @@ class ScoringConfig(Section):
         return self
 
 
-SelectionRule = Literal[
-    "lossdiff-irm", "tif", "if-top", "lossdiff-band", "irm-band", "random", "rating-margin", "reward-gap"
-]
+# The rule and baseline choices come from the rule registry: a new rule appears here by itself.
+SelectionRule = Literal[tuple(RULES)]  # type: ignore[valid-type]
+Baseline = Literal[("sft", "full", *RULES)]  # type: ignore[valid-type]
+JudgeKind = Literal[tuple(JUDGES)]  # type: ignore[valid-type]  (the judge registry's names)
 
 
 class SelectionConfig(Section):
@@ -115,7 +118,7 @@ class GenerationConfig(Section):
 
 
 class JudgeConfig(Section):
-    kind: Literal["oracle", "reward-model", "openai"] = Field(default="oracle", description="Who judges: the toy world's oracle, a local reward model, or an OpenAI-compatible endpoint.")
+    kind: JudgeKind = Field(default="oracle", description="Who judges: the toy world's oracle, a local reward model, or an OpenAI-compatible endpoint.")
     model: str | None = Field(default=None, description="Reward-model checkpoint, or the endpoint's model name.")
     base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint base URL (openai judge).")
     api_key_env: str = Field(default="OPENAI_API_KEY", description="Environment variable holding the API key (never logged).")
@@ -133,8 +136,10 @@ class EvaluationConfig(Section):
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="How each model answers the evaluation prompts.")
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="Who judges the answers.")
     single_score: bool = Field(default=True, description="Also grade every answer on MT-Bench's 1–10 scale (SingleScore).")
-    baselines: list[Literal["sft", "full", "random"]] = Field(
-        default_factory=lambda: ["sft", "full", "random"], description="Baselines trained and evaluated beside the selection."
+    baselines: list[Baseline] = Field(
+        default_factory=lambda: ["sft", "full", "random"],
+        description="Baselines evaluated beside the selection: `sft` (the SFT model), `full` (DPO on the whole pool) or "
+        "any selection rule (DPO on what it keeps; top-k rules at the selection's size).",
     )
     reference: str = Field(default="sft", description="The model every other model is compared against.")
 
@@ -222,6 +227,9 @@ class RunConfig(_Pipeline):
         known = {"selected", *self.evaluation.baselines}
         if self.evaluation.reference not in known:
             raise ValueError(f"evaluation.reference must be one of {sorted(known)}, got '{self.evaluation.reference}'")
+        if self.selection.rule in self.evaluation.baselines:
+            raise ValueError(f"evaluation.baselines names the selection's own rule '{self.selection.rule}'; "
+                             "it is trained as `selected` already")
         return self
 
 

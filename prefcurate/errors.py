@@ -35,3 +35,8 @@ class SelectionError(PrefcurateError):
 
 class JudgeError(PrefcurateError):
     """A judge cannot produce verdicts (endpoint down, bad model)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none): what a one-line error quotes."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

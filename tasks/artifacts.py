@@ -25,7 +25,6 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.context import FlowRunContext, TaskRunContext
-from transformers import TrainerCallback
 
 from prefcurate.tracking import RunHandle, run_url
 
@@ -132,19 +131,3 @@ class PrefectProgress:
             return
         self.progress = progress
         self._last_time = now
-
-
-class TrainerProgress(TrainerCallback):
-    """Feeds a Trainer's (e.g. TRL's DPOTrainer) step count into a `progress(done, total)` callback."""
-
-    def __init__(self, progress: Callable[[int, int], None]):
-        self.progress = progress
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.progress(0, state.max_steps)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.progress(state.global_step, state.max_steps)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.progress(state.max_steps, state.max_steps)

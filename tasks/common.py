@@ -1,38 +1,31 @@
-"""What every stage task shares: the IO retry policy, manifest-based resume, one MLflow child
-run per stage, and the core's log lines in the Prefect run log.
+"""What every stage task shares: the IO retry policy, the core's log lines in the Prefect run
+log, and Prefect artifacts as the stage runner's hooks.
 
-`run_stage` is the one place that decides "skip or compute": a stage whose manifest (same
-cache key) is on disk returns it without touching anything; otherwise the stage computes
-inside its own nested MLflow run and writes its manifest last.
+The stages themselves — inputs, typed output, config fields read, compute — are specs in the
+core (`prefcurate.<stage>.stage`); a task is the spec run through `run_spec` plus Prefect's
+retries and timeouts.
 """
 
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, TypeVar
 
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from prefect.logging.configuration import ensure_logging_setup
 from prefect.tasks import exponential_backoff
-from pydantic import BaseModel
 
-from prefcurate.config import ModelSource, flatten
 from prefcurate.errors import StorageError
-from prefcurate.manifest import StageManifest, cache_key, code_version, find_manifest, new_manifest, write_manifest
-from prefcurate.tracking import RunHandle, TrackingError, log_metrics, log_params, set_tags, stage_run
+from prefcurate.manifest import StageOutput
+from prefcurate.stage import Hooks, Progress, StageSpec, run_stage
+from prefcurate.tasks.artifacts import PrefectProgress, publish_markdown, publish_table
+from prefcurate.tracking import RunHandle, TrackingError
 
 CORE_LOGGER = "prefcurate"
 TRANSIENT = (StorageError, TrackingError, ConnectionError, TimeoutError)
-
-
-def sft_source(ingest: StageManifest) -> ModelSource:
-    """The SFT model exactly as ingest validated it (chat template, revision, pickle consent
-    included), so later stages load the same model rather than the bare URI."""
-    return ModelSource.model_validate(ingest.extra["sft_source"])
+O = TypeVar("O", bound=StageOutput)
 
 
 def retry_on_io(task: Any, task_run: Any, state: Any) -> bool:
@@ -85,58 +78,21 @@ def wire_core_logging() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger("prefcurate.tasks")
 
 
-@dataclass
-class StageOutput:
-    """What a stage's compute function hands back to `run_stage`."""
+class PrefectHooks(Hooks):
+    """The core's progress, tables and markdown as Prefect artifacts (no-ops outside a run)."""
 
-    outputs: dict[str, str]
-    rows: dict[str, int] = field(default_factory=dict)
-    hashes: dict[str, str] = field(default_factory=dict)  # known content hashes (e.g. checkpoint fingerprints)
-    extra: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)
+    def progress(self, key: str, description: str) -> Progress:
+        return PrefectProgress(key, description=description)
 
+    def table(self, key: str, rows: Any, description: str | None = None) -> None:
+        publish_table(key, rows, description=description)
 
-def _params(config: BaseModel | Mapping[str, Any] | None) -> dict[str, str]:
-    if config is None:
-        return {}
-    if isinstance(config, BaseModel):
-        return flatten(config)
-    return {k: str(v) for k, v in config.items()}
+    def markdown(self, key: str, text: str, description: str | None = None) -> None:
+        publish_markdown(key, text, description=description)
 
 
-def run_stage(
-    stage: str,
-    run: str,
-    *,
-    inputs: Sequence[StageManifest],
-    config: BaseModel | Mapping[str, Any] | None,
-    modules: Sequence[str],
-    tracking: RunHandle | None,
-    compute: Callable[[RunHandle | None], StageOutput],
-) -> StageManifest:
-    """Return the finished stage's manifest, computing the stage only if it has none.
-
-    `modules` are the core modules whose source makes up the stage's code version.
-    `compute` receives the stage's nested MLflow run (None without tracking).
-    """
-    logger = wire_core_logging()
-    code = code_version(modules)
-    key = cache_key(stage, inputs, config, code)
-    done = find_manifest(run, stage, key)
-    if done is not None:
-        logger.info("%s finished at %s (cache key %s…); skipping", stage, done.created_at.isoformat(), key[:12])
-        return done
-    with stage_run(tracking, stage) if tracking is not None else nullcontext() as child:
-        result = compute(child)
-        manifest = new_manifest(
-            stage, run, key=key, inputs=inputs, config=config, code=code,
-            outputs=result.outputs, rows=result.rows, hashes=result.hashes, extra=result.extra,
-        )
-        if child is not None:
-            log_params(child, {**_params(config), **result.params})
-            set_tags(child, {"prefcurate.cache_key": key, "prefcurate.code_version": code})
-            log_metrics(child, {**{f"rows.{k}": v for k, v in result.rows.items()}, **result.metrics})
-        write_manifest(manifest)
-    logger.info("%s done: %s", stage, ", ".join(f"{k}={v}" for k, v in result.rows.items()) or "ok")
-    return manifest
+def run_spec(spec: StageSpec[O], run: str, config: Any, *, inputs: Mapping[str, Any] | None = None,
+             stage: str | None = None, tracking: RunHandle | None = None) -> O:
+    """`prefcurate.stage.run_stage` with the core's log lines in the Prefect run log and Prefect artifacts as hooks."""
+    wire_core_logging()
+    return run_stage(spec, run, config, inputs=inputs, stage=stage, tracking=tracking, hooks=PrefectHooks())

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from prefcurate.data import pair_id
+from prefcurate.data.pairs import pair_id
 from prefcurate.errors import ConfigError
 from prefcurate.toyworld.task import (
     JUNK,

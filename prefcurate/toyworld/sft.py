@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 from trl import SFTConfig, SFTTrainer
 
-from prefcurate.quiet import quiet_trainer
+from prefcurate.training.quiet import quiet_trainer
 from prefcurate.toyworld.task import Instruction, imperfect_answer, quality
 
 

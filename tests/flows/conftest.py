@@ -13,6 +13,28 @@ import yaml
 SHARD_SIZE = 60  # the small world's 240 pairs → 4 shards
 
 
+def stage_outputs(run: Path) -> dict[str, Any]:
+    """Every finished stage's typed output under a run directory, read from its manifest."""
+    from prefcurate.data.stage import IngestOut
+    from prefcurate.evaluation.stage import GenerateOut, JudgeOut
+    from prefcurate.manifest import read_manifest
+    from prefcurate.reporting.stage import RegisterOut, ReportOut
+    from prefcurate.scoring.reference import ReferenceOut
+    from prefcurate.scoring.stage import GradientOut, ScoreOut, ShardOut
+    from prefcurate.selection.stage import PublishOut, SelectOut
+    from prefcurate.training.stage import ModelOut
+
+    exact = {"ingest": IngestOut, "reference": ReferenceOut, "warmup": ModelOut, "val": ModelOut, "val-gradient": GradientOut,
+             "score": ScoreOut, "select": SelectOut, "judge": JudgeOut, "register": RegisterOut, "report": ReportOut,
+             "publish": PublishOut}
+    prefixes = {"score-shard-": ShardOut, "final-": ModelOut, "generate-": GenerateOut}
+    out = {}
+    for path in sorted((Path(run) / "manifests").glob("*.json")):
+        kind = exact.get(path.stem) or next(k for p, k in prefixes.items() if path.stem.startswith(p))
+        out[path.stem] = read_manifest(kind, str(path))
+    return out
+
+
 def toy_config(world: Any, root: str, tracking_uri: str, run_name: str = "toy", **extra: Any) -> dict[str, Any]:
     """A curate config (as YAML would hold it) for the small toy world; `extra` replaces top-level keys."""
     config = {
@@ -45,7 +67,7 @@ def curated(toy_world, prefect_harness, tmp_path_factory) -> CuratedRun:
     """`prefcurate curate --config toy.yaml` run once on the small toy world (Prefect test API)."""
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from prefcurate.flows.cli import app
 
     root = tmp_path_factory.mktemp("curated")
     tracking_uri = f"sqlite:///{root / 'mlflow.db'}"

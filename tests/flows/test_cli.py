@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from prefcurate.flows.cli import app
 
 
 @pytest.mark.slow

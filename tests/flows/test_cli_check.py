@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from flows.cli import app
+from prefcurate.flows.cli import app
 from prefcurate.toyworld.model import build_model
 from prefcurate.toyworld.tokenizer import CHAT_TEMPLATE, build_tokenizer
 
@@ -124,11 +124,11 @@ def test_real_process_keeps_stdout_json_and_stderr_one_line(checkpoint, tmp_path
     """The installed entry point, in a fresh process: library warnings must not leak."""
     path, _ = checkpoint
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    ok = subprocess.run([sys.executable, "-m", "flows.cli", "model", "check", str(path), "--json"],
+    ok = subprocess.run([sys.executable, "-m", "prefcurate.flows.cli", "model", "check", str(path), "--json"],
                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["architecture"] == "LlamaForCausalLM"
-    bad = subprocess.run([sys.executable, "-m", "flows.cli", "model", "check", str(tmp_path), "--json"],
+    bad = subprocess.run([sys.executable, "-m", "prefcurate.flows.cli", "model", "check", str(tmp_path), "--json"],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert bad.returncode == 2 and ok.stderr == "" and bad.stdout == ""
     assert len(bad.stderr.strip().splitlines()) == 1 and "config.json" in bad.stderr

@@ -7,7 +7,7 @@ import json
 
 from typer.testing import CliRunner
 
-from flows.cli import app
+from prefcurate.flows.cli import app
 
 runner = CliRunner()
 

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from prefcurate import io
 from prefcurate.config import RunConfig, load_config
-from prefcurate.manifest import read_manifest
+from tests.flows.conftest import stage_outputs
 
 pytestmark = pytest.mark.slow
 
@@ -19,15 +19,11 @@ LAYOUT = [
     "data/train.parquet", "data/validation.parquet", "data/eval_prompts.parquet", "data/rejects.parquet",
     "models/warmup/model.safetensors", "models/val/model.safetensors", "gradients/val_grad.safetensors",
     "scores/ref_logps.parquet", "scores/scores.parquet", "selection/selection.parquet", "selection/selection.json",
-    "selection/agreement.json", "selection/baselines/random/selection.parquet",
+    "selection/agreement.json", "selection/rules/random/selection.parquet",
     "models/final/selected/model.safetensors", "models/final/full/model.safetensors",
     "models/final/random/model.safetensors", "eval/leaderboard.csv", "eval/sft/model_outputs.json",
     "eval/selected/annotations.json", "report.md", "figures",
 ]  # fmt: skip
-
-
-def _manifests(run) -> dict:
-    return {p.stem: read_manifest(str(p)) for p in sorted((run / "manifests").glob("*.json"))}
 
 
 async def _prefect_records():
@@ -44,27 +40,27 @@ def test_run_layout_and_manifests(curated):
     assert curated.exit_code == 0, curated.stdout
     for rel in LAYOUT:
         assert (curated.run / rel).exists(), rel
-    manifests = _manifests(curated.run)
-    shards = [s for s in manifests if s.startswith("score-shard-")]
+    outputs = stage_outputs(curated.run)
+    shards = [s for s in outputs if s.startswith("score-shard-")]
     assert len(shards) == 4  # 240 pairs / 60
-    assert sum(manifests[s].rows["pairs"] for s in shards) == manifests["score"].rows["pairs"] == 240
+    assert sum(outputs[s].pairs for s in shards) == outputs["score"].pairs == 240
     kept = pd.read_parquet(curated.run / "selection" / "selection.parquet")
-    assert manifests["select"].rows["kept"] == len(kept) == manifests["final-selected"].rows["pairs"]
-    random = pd.read_parquet(curated.run / "selection" / "baselines" / "random" / "selection.parquet")
-    assert len(random) == len(kept) == manifests["final-random"].rows["pairs"]
-    assert manifests["final-full"].rows["pairs"] == 240
-    # every manifest's hashes match the files on disk
-    for manifest in manifests.values():
-        for name, uri in manifest.outputs.items():
-            from prefcurate.manifest import content_hash
-
-            assert content_hash(uri) == manifest.hashes[name], (manifest.stage, name)
+    assert outputs["select"].n_kept == len(kept) == outputs["final-selected"].n_pairs
+    random = pd.read_parquet(curated.run / "selection" / "rules" / "random" / "selection.parquet")
+    assert len(random) == len(kept) == outputs["final-random"].n_pairs
+    assert outputs["final-full"].n_pairs == 240
+    # every output a manifest vouches for still has the content it recorded
+    for stage, output in outputs.items():
+        refs = list(output.file_refs())
+        assert refs or stage == "register", stage  # registering writes to MLflow only
+        for name, ref in refs:
+            assert ref.problem() is None, (stage, name)
 
 
 def test_prefect_states_and_artifacts(curated):
     runs, keys = asyncio.run(_prefect_records())
     assert ("curate", "COMPLETED") in runs
-    assert ("score-pool", "COMPLETED") in runs  # the scoring sub-flow on its own task runner
+    assert ("score-shards", "COMPLETED") in runs  # the scoring sub-flow on its own task runner
     assert {"leaderboard", "selection-summary", "agreement-overlap", "run-report", "mlflow-run"} <= keys
 
 
@@ -87,8 +83,8 @@ def test_mlflow_run_tree(curated):
     assert len(ingest.params["model.fingerprint"]) == 64 and "data.hash.train" in ingest.params
     assert ingest.metrics["rows.train"] == 240
     # TRL's training logs, written into the stage's own run
-    warmup = _manifests(curated.run)["warmup"]
-    assert stages["warmup"].data.metrics["train/train_loss"] == pytest.approx(warmup.extra["train_loss"])
+    warmup = stage_outputs(curated.run)["warmup"]
+    assert stages["warmup"].data.metrics["train/train_loss"] == pytest.approx(warmup.train_loss)
     select = stages["select"].data.metrics
     kept = pd.read_parquet(curated.run / "selection" / "selection.parquet")
     assert select["kept_fraction"] == pytest.approx(len(kept) / 240)
@@ -109,36 +105,35 @@ def test_mlflow_run_tree(curated):
 
 
 def test_rerun_recomputes_nothing_and_gives_the_same_result(curated, prefect_harness):
-    from flows.curate import curate
+    from prefcurate.flows.curate import curate
 
-    before = _manifests(curated.run)
+    before = stage_outputs(curated.run)
     config = load_config(RunConfig, curated.config_file)
     state = curate(config, return_state=True)
     assert state.is_completed()
     result = state.result()
-    after = _manifests(curated.run)
+    after = stage_outputs(curated.run)
     assert set(after) == set(before)
-    for stage, manifest in before.items():
-        assert after[stage].created_at == manifest.created_at, stage
+    for stage, output in before.items():
+        assert after[stage].meta.created_at == output.meta.created_at, stage
     board = pd.read_csv(curated.run / "eval" / "leaderboard.csv", index_col=0)
     assert {r["model"]: r["win_rate"] for r in result.leaderboard} == pytest.approx(board["win_rate"].to_dict())
-    assert result.n_kept == before["select"].rows["kept"]
+    assert result.n_kept == before["select"].n_kept
 
 
 def test_dask_scoring_equals_in_process(curated, prefect_harness, tmp_path):
-    from flows.curate import score_pool
-    from flows.runs import task_runner
     from prefcurate.config import ScaleOutConfig
+    from prefcurate.flows.curate import score_shards
+    from prefcurate.flows.runs import task_runner
 
-    m = _manifests(curated.run)
+    m = stage_outputs(curated.run)
     config = load_config(RunConfig, curated.config_file)
     run = str(tmp_path / "dask-run")
     runner = task_runner(ScaleOutConfig(task_runner="dask", workers=2, processes=True))
-    merged = score_pool.with_options(task_runner=runner)(
-        m["ingest"], m["reference"], m["warmup"], m["val"], m["val-gradient"], config.training, config.scoring, run
-    )
-    assert merged.run_uri == run and merged.rows["shards"] == 4
-    dask_scores = io.read_parquet(merged.outputs["scores"])
+    done = {"ingest": m["ingest"], "ref": m["reference"], "warmup": m["warmup"], "val": m["val"], "gradient": m["val-gradient"]}
+    merged = score_shards.with_options(task_runner=runner)(done, config, run)
+    assert merged.meta.run_uri == run and merged.shards == 4
+    dask_scores = io.read_parquet(merged.scores.uri)
     local_scores = pd.read_parquet(curated.run / "scores" / "scores.parquet")
     pd.testing.assert_frame_equal(dask_scores, local_scores, check_exact=True)
 
@@ -146,7 +141,7 @@ def test_dask_scoring_equals_in_process(curated, prefect_harness, tmp_path):
 def test_invalid_flow_parameters_fail_before_any_work(prefect_harness, tmp_path):
     from prefect.exceptions import ParameterTypeError
 
-    from flows.curate import curate
+    from prefcurate.flows.curate import curate
 
     bad = {"root": str(tmp_path / "runs"), "model": {"uri": "m"}, "data": {"pool_uri": "p"},
            "scoring": {"tif_band": [80, 20]}}  # fmt: skip

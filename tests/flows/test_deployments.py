@@ -43,8 +43,14 @@ def test_prefect_yaml_declares_the_three_deployments():
     assert not deployments["curate"].get("schedules") and not deployments["evaluate"].get("schedules")
 
 
+def test_prefect_yaml_is_rendered_from_the_one_definition():
+    from prefcurate.flows.serve import prefect_yaml
+
+    assert (ROOT / "prefect.yaml").read_text() == prefect_yaml(), "regenerate: python -m prefcurate.flows.serve > prefect.yaml"
+
+
 def test_serve_builds_the_deployments_with_forms():
-    from flows.serve import deployments
+    from prefcurate.flows.serve import deployments
 
     config = NightlyConfig(model=ModelSource(uri="/models/sft"), data=DataSource(pool_uri="/data/pool.parquet"))
     built = {d.name: d for d in deployments(config, timezone="Europe/Berlin")}
@@ -126,7 +132,7 @@ def test_serve_command_serves_the_deployments_or_explains_its_error(tmp_path, mo
     import prefect
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from prefcurate.flows.cli import app
 
     served: list[Any] = []
     monkeypatch.setattr(prefect, "serve", lambda *deployments: served.extend(deployments))

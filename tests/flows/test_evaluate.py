@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_evaluate_files_and_checkpoint_reproduce_the_curate_leaderboard(curated, prefect_harness, tmp_path):
-    from flows.evaluate import evaluate
+    from prefcurate.flows.evaluate import evaluate
 
     run = curated.run
     config = EvaluateConfig(
@@ -29,7 +29,7 @@ def test_evaluate_files_and_checkpoint_reproduce_the_curate_leaderboard(curated,
     state = evaluate(config, return_state=True)
     assert state.is_completed()
     result = state.result()
-    assert set(result.manifests) == {"generate-selected", "judge"}
+    assert set(result.generated) == {"selected"} and result.judged.models == 3
     board = {row["model"]: row for row in result.leaderboard}
     expected = pd.read_csv(run / "eval" / "leaderboard.csv", index_col=0)
     # greedy generation and the oracle judge are deterministic: the same numbers as in curate

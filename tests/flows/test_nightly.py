@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_nightly_on_s3_publishes_the_selection(curated, toy_world, prefect_harness, s3_bucket, tmp_path, monkeypatch):
-    from flows.nightly import nightly
+    from prefcurate.flows.nightly import nightly
 
     monkeypatch.setenv("PREFCURATE_CACHE", str(tmp_path / "checkpoint-cache"))  # s3 checkpoints download here
 

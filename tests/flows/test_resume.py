@@ -14,8 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from prefcurate.manifest import read_manifest
-from tests.flows.conftest import toy_config
+from tests.flows.conftest import stage_outputs, toy_config
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +22,7 @@ pytestmark = pytest.mark.slow
 def _start(config_file: Path, api_url: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_HOME": str(log.parent / "prefect-home")}
     return subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "curate", "--config", str(config_file)],
+        [sys.executable, "-m", "prefcurate.flows.cli", "curate", "--config", str(config_file)],
         stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).parents[2],
     )  # fmt: skip
 
@@ -43,7 +42,7 @@ def _kill_when(proc: subprocess.Popen, marker: Path, timeout: float = 300) -> No
 
 
 def _manifests(run: Path) -> dict:
-    return {p.stem: read_manifest(str(p)) for p in (run / "manifests").glob("*.json")}
+    return stage_outputs(run)
 
 
 def test_killed_twice_then_resumed_matches_uninterrupted_run(curated, toy_world, prefect_harness, tmp_path):
@@ -63,14 +62,14 @@ def test_killed_twice_then_resumed_matches_uninterrupted_run(curated, toy_world,
     after_second = _manifests(run)
     assert "final-full" not in after_second or "final-random" not in after_second
     for stage, manifest in after_first.items():
-        assert after_second[stage].created_at == manifest.created_at, f"{stage} was recomputed"
+        assert after_second[stage].meta.created_at == manifest.meta.created_at, f"{stage} was recomputed"
 
     # 3. runs to the end
     proc = _start(config_file, prefect_harness, log)
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
     final = _manifests(run)
     for stage, manifest in after_second.items():
-        assert final[stage].created_at == manifest.created_at, f"{stage} was recomputed"
+        assert final[stage].meta.created_at == manifest.meta.created_at, f"{stage} was recomputed"
     assert {"judge", "report", "final-full", "final-random"} <= set(final)
 
     # the same result as the uninterrupted run (same config, other root, other process), exactly:
@@ -81,4 +80,4 @@ def test_killed_twice_then_resumed_matches_uninterrupted_run(curated, toy_world,
     pd.testing.assert_frame_equal(pd.read_parquet(run / "selection" / "selection.parquet")[["pair_id"]],
                                   pd.read_parquet(ref / "selection" / "selection.parquet")[["pair_id"]])
     for stage in ("ingest", "reference"):
-        assert final[stage].hashes == _manifests(ref)[stage].hashes, stage
+        assert final[stage].digest == _manifests(ref)[stage].digest, stage

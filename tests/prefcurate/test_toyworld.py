@@ -13,7 +13,7 @@ import torch
 
 from prefcurate import io
 from prefcurate.checkpoint import load_checkpoint
-from prefcurate.data import load_pairs
+from prefcurate.data.pairs import load_pairs
 from prefcurate.errors import ConfigError
 from prefcurate.toyworld.build import build_world, world_spec
 from prefcurate.toyworld.model import build_model

@@ -11,7 +11,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from prefcurate.tracking import RunHandle
-from tasks import artifacts
+from prefcurate.tasks import artifacts
+from prefcurate.training.progress import ProgressCallback
 
 
 def _latest(key: str):
@@ -93,7 +94,7 @@ def test_trainer_progress_reaches_100_percent(tmp_path, prefect_harness):
         ids = list(range(7, 17))
         args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=3,
                                  report_to="none", save_strategy="no", use_cpu=True)
-        callback = artifacts.TrainerProgress(lambda d, t: (calls.append((d, t)), progress(d, t)))
+        callback = ProgressCallback(lambda d, t: (calls.append((d, t)), progress(d, t)))
         Trainer(model=build_model(tok, size="small"), args=args, callbacks=[callback],
                 train_dataset=Dataset.from_dict({"input_ids": [ids] * 12, "labels": [ids] * 12})).train()
         return str(progress.artifact_id)

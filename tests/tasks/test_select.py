@@ -6,9 +6,11 @@ import numpy as np
 import pandas as pd
 
 from prefcurate import io
-from prefcurate.config import SelectionConfig
-from prefcurate.manifest import cache_key, manifest_uri, new_manifest, read_manifest
-from tasks.select import publish_stage, select_stage
+from prefcurate.config import DataSource, ModelSource, NightlyConfig, SelectionConfig
+from prefcurate.manifest import FileRef, manifest_uri, read_manifest
+from prefcurate.scoring.stage import ScoreOut
+from prefcurate.selection.stage import SelectOut
+from prefcurate.tasks.select import publish_stage, select_stage
 
 
 def _scores(n: int = 200, seed: int = 0) -> pd.DataFrame:
@@ -22,52 +24,55 @@ def _scores(n: int = 200, seed: int = 0) -> pd.DataFrame:
     })  # fmt: skip
 
 
-def _inputs(run: str, scores: pd.DataFrame):
+def _score(run: str, scores: pd.DataFrame) -> ScoreOut:
     uri = io.write_parquet(io.join(run, "scores", "scores.parquet"), scores)
-    score = new_manifest("score", run, key=cache_key("score", [], None, "t"), outputs={"scores": uri}, rows={"pairs": len(scores)})
-    ingest = new_manifest("ingest", run, key="k", rows={"train": len(scores)})
-    return score, ingest
+    return ScoreOut(scores=FileRef.of(uri), pairs=len(scores), shards=1, truncated=0, summary={})
+
+
+def _config(selection: SelectionConfig, **extra) -> NightlyConfig:
+    return NightlyConfig(model=ModelSource(uri="sft"), data=DataSource(pool_uri="pool.parquet"), selection=selection, **extra)
 
 
 def test_select_writes_rule_baseline_comparisons_and_agreement(tmp_path):
     run = str(tmp_path / "run")
     scores = _scores()
-    score, ingest = _inputs(run, scores)
-    m = select_stage.fn(score, ingest, SelectionConfig(band=(10, 90)), run)
-    kept = pd.read_parquet(m.outputs["selection"])
-    random = pd.read_parquet(m.outputs["random"])
+    m = select_stage.fn(_score(run, scores), _config(SelectionConfig(band=(10, 90))), run)
+    kept = pd.read_parquet(io.join(m.selection.uri, "selection.parquet"))
+    random = pd.read_parquet(io.join(m.rules["random"].uri, "selection.parquet"))
     # both bands strictly inside: LossDiff-IRM keeps at most 80 % × 80 % … and at least the overlap of the two
-    assert m.rows == {"pool": 200, "kept": len(kept)} and 0.6 * 200 <= len(kept) <= 0.8 * 200
+    assert (m.n_pool, m.n_kept) == (200, len(kept)) and 0.6 * 200 <= len(kept) <= 0.8 * 200
     assert len(random) == len(kept) and set(random.pair_id) <= set(scores.pair_id)
-    assert m.extra["kept_fraction"] == len(kept) / 200
+    assert m.kept_fraction == len(kept) / 200
     for rule in ("lossdiff-band", "irm-band", "tif", "if-top", "rating-margin", "reward-gap"):
         assert (tmp_path / "run" / "selection" / "rules" / rule / "selection.json").exists(), rule
-    report = io.read_json(m.outputs["agreement"])
+    report = io.read_json(m.agreement.uri)
     overlap = {row["selection"]: row for row in report["overlap"]}
     assert overlap["tif"]["overlap_tif"] == 1.0
-    assert {row["selection"] for row in m.extra["summary"]} >= {"selected", "random", "tif"}
-    assert read_manifest(manifest_uri(run, "select")) == m
+    assert set(m.rules) >= {"random", "tif"} and "lossdiff-irm" not in m.rules
+    assert read_manifest(SelectOut, manifest_uri(run, "select")) == m
 
 
 def test_select_resumes_and_reruns_on_new_scores_or_config(tmp_path):
     run = str(tmp_path / "run")
-    score, ingest = _inputs(run, _scores())
-    first = select_stage.fn(score, ingest, SelectionConfig(), run)
-    again = select_stage.fn(score, ingest, SelectionConfig(), run)
-    assert again.created_at == first.created_at  # skipped
-    other = select_stage.fn(score, ingest, SelectionConfig(band=(20, 80)), run)
-    assert other.created_at > first.created_at and other.rows["kept"] < first.rows["kept"]
-    score2, _ = _inputs(run, _scores(seed=1))
-    assert select_stage.fn(score2, ingest, SelectionConfig(band=(20, 80)), run).created_at > other.created_at
+    score = _score(run, _scores())
+    first = select_stage.fn(score, _config(SelectionConfig()), run)
+    again = select_stage.fn(score, _config(SelectionConfig()), run)
+    assert again.meta.created_at == first.meta.created_at  # skipped
+    other = select_stage.fn(score, _config(SelectionConfig(band=(20, 80))), run)
+    assert other.meta.created_at > first.meta.created_at and other.n_kept < first.n_kept
+    score2 = _score(run, _scores(seed=1))
+    assert select_stage.fn(score2, _config(SelectionConfig(band=(20, 80))), run).meta.created_at > other.meta.created_at
 
 
 def test_publish_copies_selection_last_and_skips_when_done(tmp_path):
     run = str(tmp_path / "run")
-    score, ingest = _inputs(run, _scores())
-    sel = select_stage.fn(score, ingest, SelectionConfig(), run)
+    score = _score(run, _scores())
+    sel = select_stage.fn(score, _config(SelectionConfig()), run)
     target = str(tmp_path / "published")
-    pub = publish_stage.fn(sel, score, target)
+    config = _config(SelectionConfig(), publish_uri=target)
+    pub = publish_stage.fn(sel, score, config, run)
     for name in ("selection.parquet", "selection.json", "agreement.json", "scores.parquet"):
         assert (tmp_path / "published" / name).exists()
-    assert io.read_bytes(io.join(target, "selection.parquet")) == io.read_bytes(sel.outputs["selection"])
-    assert publish_stage.fn(sel, score, target).created_at == pub.created_at
+    assert io.read_bytes(io.join(target, "selection.parquet")) == io.read_bytes(io.join(sel.selection.uri, "selection.parquet"))
+    assert pub.files["scores"].sha256 == score.scores.sha256
+    assert publish_stage.fn(sel, score, config, run).meta.created_at == pub.meta.created_at

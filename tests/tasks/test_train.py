@@ -3,20 +3,24 @@
 
 from __future__ import annotations
 
-from prefcurate.config import TrainingConfig
-from prefcurate.manifest import cache_key
-from tasks.train import _section
+from prefcurate.config import DataSource, ModelSource, NightlyConfig, ScoringConfig, TrainingConfig
+from prefcurate.stage import read_config
+from prefcurate.training.stage import FINAL, VALIDATION_MODEL, WARMUP
+
+
+def _config(**training) -> NightlyConfig:
+    return NightlyConfig(model=ModelSource(uri="m"), data=DataSource(pool_uri="p"), training=TrainingConfig(**training))
 
 
 def test_each_stage_keys_on_its_own_epochs():
-    base, longer_final = TrainingConfig(), TrainingConfig(final_epochs=3.0)
-    for kind in ("warmup", "val"):
-        assert cache_key(kind, [], _section(base, kind), "v") == cache_key(kind, [], _section(longer_final, kind), "v")
-    assert cache_key("final", [], _section(base, "final"), "v") != cache_key("final", [], _section(longer_final, "final"), "v")
+    base, longer_final = _config(), _config(final_epochs=3.0)
+    for spec in (WARMUP, VALIDATION_MODEL):
+        assert read_config(base, spec.reads) == read_config(longer_final, spec.reads)
+    assert read_config(base, FINAL.reads) != read_config(longer_final, FINAL.reads)
     # a change every stage sees (the learning rate) retrains all of them
-    faster = TrainingConfig(learning_rate=1e-4)
-    for kind in ("warmup", "val", "final"):
-        assert cache_key(kind, [], _section(base, kind), "v") != cache_key(kind, [], _section(faster, kind), "v")
+    faster = _config(learning_rate=1e-4)
+    for spec in (WARMUP, VALIDATION_MODEL, FINAL):
+        assert read_config(base, spec.reads) != read_config(faster, spec.reads)
 
 
 def test_a_chat_template_given_at_ingest_reaches_every_later_stage(toy_world, tmp_path):
@@ -27,11 +31,10 @@ def test_a_chat_template_given_at_ingest_reaches_every_later_stage(toy_world, tm
     from pathlib import Path
 
     from prefcurate.checkpoint import load_checkpoint
-    from prefcurate.config import DataSource, ModelSource, ScoringConfig
+    from prefcurate.tasks.ingest import ingest_stage
+    from prefcurate.tasks.score import reference_stage
+    from prefcurate.tasks.train import warmup_stage
     from prefcurate.toyworld.tokenizer import CHAT_TEMPLATE
-    from tasks.ingest import ingest_stage
-    from tasks.score import reference_stage
-    from tasks.train import warmup_stage
 
     bare = tmp_path / "sft-without-template"
     shutil.copytree(toy_world.checkpoint_dir, bare)
@@ -44,13 +47,16 @@ def test_a_chat_template_given_at_ingest_reaches_every_later_stage(toy_world, tm
     template.write_text(CHAT_TEMPLATE)
 
     run = str(tmp_path / "run")
-    model = ModelSource(uri=str(bare), chat_template=str(template))
-    source = DataSource(pool_uri=toy_world.pool_parquet, validation_uri=toy_world.validation_parquet)
-    ingest = ingest_stage.fn(model, source, run, str(tmp_path / "cache"))
-    ref = reference_stage.fn(ingest, TrainingConfig(), ScoringConfig(), run)
-    warmup = warmup_stage.fn(ingest, ref, TrainingConfig(warmup_epochs=0.2), run)
+    config = NightlyConfig(
+        model=ModelSource(uri=str(bare), chat_template=str(template)), cache_dir=str(tmp_path / "cache"),
+        data=DataSource(pool_uri=toy_world.pool_parquet, validation_uri=toy_world.validation_parquet),
+        training=TrainingConfig(warmup_epochs=0.2), scoring=ScoringConfig(),
+    )
+    ingest = ingest_stage.fn(config, run)
+    ref = reference_stage.fn(ingest, config, run)
+    warmup = warmup_stage.fn(ingest, ref, config, run)
 
-    trained = load_checkpoint(warmup.outputs["model"])  # saved with the supplied template
+    trained = load_checkpoint(warmup.model.uri)  # saved with the supplied template
     assert trained.tokenizer.chat_template == CHAT_TEMPLATE
-    assert ref.rows["pairs"] == ingest.rows["train"] + ingest.rows["validation"]
-    assert Path(warmup.outputs["model"], "model.safetensors").exists()
+    assert ref.pairs == ingest.n_train + ingest.n_validation
+    assert Path(warmup.model.uri, "model.safetensors").exists()

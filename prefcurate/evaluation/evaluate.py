@@ -1,0 +1,163 @@
+"""The evaluation core: generate answers, judge them against the reference model, write the
+AlpacaEval files and the leaderboard.
+
+    <out>/<model>/model_outputs.json   answers (instruction, output, generator, sample)
+    <out>/<model>/annotations.json     pairwise verdicts vs the reference (+ 1–10 grades)
+    <out>/<model>/leaderboard.csv      that model's row
+    <out>/leaderboard.csv              every model, the reference included
+    <out>/judge.json                   who judged, and how many judgments failed
+
+The reference is compared with itself by construction (identical answers tie, win rate 50),
+without asking the judge.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Mapping, Sequence
+
+import pandas as pd
+
+from prefcurate import io
+from prefcurate.evaluation import metrics
+from prefcurate.config import GenerationConfig
+from prefcurate.errors import DataError
+from prefcurate.evaluation.generation import generate, read_model_outputs, write_model_outputs
+from prefcurate.evaluation.judges.base import Judge
+
+log = logging.getLogger(__name__)
+
+# progress(step, done, total): step names what is being done ("generate sft", "judge full", …)
+StepProgress = Callable[[str, int, int], None]
+ModelLike = Any  # a checkpoint directory/URI, a prefcurate Checkpoint, or a (model, tokenizer) tuple
+
+
+def evaluate(
+    models: Mapping[str, ModelLike],
+    instructions: Sequence[str],
+    reference: str,
+    judge: Judge,
+    out_uri: str,
+    generation: GenerationConfig,
+    *,
+    single_score: bool = True,
+    progress: StepProgress | None = None,
+) -> pd.DataFrame:
+    """Generate with every model, judge each against `reference`, write the files; returns the leaderboard."""
+    if reference not in models:
+        raise DataError(f"reference model {reference!r} is not among the models ({', '.join(models)}); add it or pick another")
+    outputs: dict[str, list[dict]] = {}
+    for name, source in models.items():
+        model, tokenizer = _load(source)
+        report = (lambda done, total, n=name: progress(f"generate {n}", done, total)) if progress else None
+        rows = generate(model, tokenizer, list(instructions), generation, name, progress=report)
+        write_model_outputs(rows, io.join(out_uri, name, "model_outputs.json"))
+        outputs[name] = rows
+    return judge_outputs(outputs, reference, judge, out_uri, single_score=single_score, progress=progress)
+
+
+def evaluate_output_files(
+    files: Mapping[str, str] | Sequence[str],
+    reference: str,
+    judge: Judge,
+    out_uri: str,
+    *,
+    single_score: bool = True,
+    progress: StepProgress | None = None,
+) -> pd.DataFrame:
+    """Judge existing `model_outputs.json` files against each other (name → URI, or URIs named by their `generator`)."""
+    if not isinstance(files, Mapping):
+        named: dict[str, str] = {}
+        for uri in files:
+            rows = read_model_outputs(uri)
+            generators = {str(r.get("generator", "")) for r in rows}
+            if len(generators) != 1 or "" in generators:
+                raise DataError(f"{uri} does not name one generator; pass the files as name=path")
+            named[generators.pop()] = uri
+        files = named
+    outputs = {name: read_model_outputs(uri) for name, uri in files.items()}
+    if reference not in outputs:
+        raise DataError(f"reference {reference!r} is not among the output files ({', '.join(outputs)}); name one of them")
+    for name, rows in outputs.items():
+        write_model_outputs(rows, io.join(out_uri, name, "model_outputs.json"))
+    return judge_outputs(outputs, reference, judge, out_uri, single_score=single_score, progress=progress)
+
+
+def judge_outputs(
+    outputs: Mapping[str, list[dict]],
+    reference: str,
+    judge: Judge,
+    out_uri: str,
+    *,
+    single_score: bool = True,
+    progress: StepProgress | None = None,
+) -> pd.DataFrame:
+    """Annotate every model's outputs against the reference's, write annotations and leaderboards."""
+    ref_rows = outputs[reference]
+    ref_by_key = {(r["instruction"], r.get("sample", 0)): r["output"] for r in ref_rows}
+    ref_first = {}
+    for r in ref_rows:
+        ref_first.setdefault(r["instruction"], r["output"])
+    rows: dict[str, dict] = {}
+    for name, model_rows in outputs.items():
+        missing = sorted({r["instruction"] for r in model_rows} - set(ref_first))
+        if missing:
+            raise DataError(
+                f"{len(missing)} instructions of {name!r} have no answer from the reference {reference!r} "
+                f"(e.g. {missing[0][:60]!r}); evaluate both on the same prompts"
+            )
+        pairs = [
+            (r["instruction"], ref_by_key.get((r["instruction"], r.get("sample", 0)), ref_first[r["instruction"]]), r["output"])
+            for r in model_rows
+        ]
+        report = (lambda done, total, n=name: progress(f"judge {n}", done, total)) if progress else None
+        if name == reference:
+            preferences: list[float | None] = [1.5] * len(pairs)  # identical answers tie
+        else:
+            preferences = judge.pairwise_many(pairs, progress=report)
+        scores = None
+        if single_score:
+            grade = (lambda done, total, n=name: progress(f"grade {n}", done, total)) if progress else None
+            scores = judge.single_many([(r["instruction"], r["output"]) for r in model_rows], progress=grade)
+        annotations = [
+            {
+                "instruction": instruction,
+                "output_1": ref_out,
+                "generator_1": reference,
+                "output_2": out,
+                "generator_2": name,
+                "sample": r.get("sample", 0),
+                "annotator": judge.name if name != reference else "identical",
+                "preference": pref,
+                **({"score_2": score} if scores is not None else {}),
+            }
+            for (instruction, ref_out, out), r, pref, score in zip(
+                pairs, model_rows, preferences, scores if scores is not None else [None] * len(pairs)
+            )
+        ]
+        metrics.write_annotations(annotations, io.join(out_uri, name, "annotations.json"))
+        rows[name] = metrics.leaderboard_row(annotations, scores)
+        metrics.write_leaderboard(metrics.leaderboard({name: rows[name]}), io.join(out_uri, name, "leaderboard.csv"))
+    board = metrics.leaderboard(rows)
+    metrics.write_leaderboard(board, io.join(out_uri, "leaderboard.csv"))
+    io.write_json(io.join(out_uri, "judge.json"), {"judge": judge.name, "reference": reference, **judge.stats.to_dict()})
+    if judge.stats.failed or judge.stats.unparseable:
+        log.warning(
+            "judge %s: %d judgments failed and %d were unparseable; they are counted in n_rejected / n_unscored",
+            judge.name,
+            judge.stats.failed,
+            judge.stats.unparseable,
+        )
+    return board
+
+
+def _load(source: ModelLike) -> tuple[Any, Any]:
+    """(model, tokenizer) from a directory/URI (through load_checkpoint), a Checkpoint or a tuple."""
+    if isinstance(source, tuple) and len(source) == 2:
+        return source
+    if hasattr(source, "model") and hasattr(source, "tokenizer"):
+        return source.model, source.tokenizer
+    from prefcurate.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(source)
+    return checkpoint.model, checkpoint.tokenizer

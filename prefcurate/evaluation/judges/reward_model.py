@@ -1,0 +1,93 @@
+"""A local reward model as judge: Bradley–Terry preferences from one scalar head."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+from prefcurate.errors import ConfigError, JudgeError
+from prefcurate.evaluation.judges.base import OK, Judge
+
+
+class RewardModelJudge(Judge):
+    """A local sequence-classification reward model (one logit), safetensors only, no remote code.
+
+    Pairwise: 1 + σ(r₂ − r₁), the Bradley–Terry probability that output 2 wins, on AlpacaEval's
+    scale. Single: 1 + 9·σ(r), the same probability against an answer of reward 0, stretched
+    onto 1–10 (monotone in the reward; comparable across models judged by the same RM).
+    """
+
+    kind = "reward-model"
+
+    def __init__(self, model_dir: str, cache_dir: str | os.PathLike | None, batch_size: int = 16):
+        super().__init__(cache_dir)
+        import torch
+
+        from prefcurate.checkpoint import load_reward_model
+
+        self.batch_size = batch_size
+        self._uri = model_dir
+        loaded = load_reward_model(model_dir)
+        self.model, self.tokenizer, self._fingerprint = loaded.model, loaded.tokenizer, loaded.fingerprint
+        if self.model.config.num_labels != 1:
+            raise JudgeError(
+                f"reward model {model_dir} has {self.model.config.num_labels} labels; a reward model outputs one score "
+                "(num_labels=1)"
+            )
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.model.eval()
+        self._torch = torch
+
+    @classmethod
+    def from_config(cls, config, cache_dir) -> "RewardModelJudge":
+        if not config.model:
+            raise ConfigError("the reward-model judge needs judge.model: a local or s3:// sequence-classification checkpoint")
+        return cls(config.model, cache_dir, batch_size=config.batch_size)
+
+    @property
+    def identity(self) -> dict:
+        return {"kind": self.kind, "fingerprint": self._fingerprint, "mapping": "bt-v1"}
+
+    @property
+    def name(self) -> str:
+        return f"reward-model:{Path(str(self._uri)).name}"
+
+    def _batches(self, items: list) -> list[list]:
+        return [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+
+    def _text(self, instruction: str, output: str) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            messages = [{"role": "user", "content": instruction}, {"role": "assistant", "content": output}]
+            return self.tokenizer.apply_chat_template(messages, tokenize=False)
+        return f"{instruction}\n\n{output}"
+
+    def rewards(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """The reward of each (instruction, output)."""
+        texts = [self._text(i, o) for i, o in pairs]
+        limit = min(self.tokenizer.model_max_length, getattr(self.model.config, "max_position_embeddings", 1 << 30))
+        enc = self.tokenizer(
+            texts, return_tensors="pt", padding=True, truncation=True, max_length=limit, add_special_tokens=False
+        ).to(self.model.device)
+        with self._torch.inference_mode():
+            logits = self.model(**enc).logits
+        return [float(v) for v in logits[:, 0].float().cpu()]
+
+    def _pairwise(self, items):
+        rewards = self.rewards([(i, o) for i, o1, o2 in items for o in (o1, o2)])
+        out = []
+        for k in range(len(items)):
+            r1, r2 = rewards[2 * k], rewards[2 * k + 1]
+            out.append((1.0 + _sigmoid(r2 - r1), OK, f"{r1} vs {r2}"))
+        return out
+
+    def _single(self, items):
+        return [(1.0 + 9.0 * _sigmoid(r), OK, str(r)) for r in self.rewards(items)]
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))

@@ -1,0 +1,79 @@
+"""The report stage (figures + report.md) and the register stage (the selected final model
+as a new version in the MLflow model registry)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefcurate import io
+from prefcurate.data.stage import IngestOut
+from prefcurate.evaluation.metrics import read_leaderboard
+from prefcurate.evaluation.stage import JudgeOut
+from prefcurate.manifest import FileRef, StageOutput
+from prefcurate.reporting import plots
+from prefcurate.reporting.report import render_report, write_report
+from prefcurate.scoring.stage import ScoreOut
+from prefcurate.selection.selection import read_selection
+from prefcurate.selection.stage import SelectOut
+from prefcurate.stage import StageContext, StageSpec
+from prefcurate.tracking import TrackingError, log_artifact, register_model
+from prefcurate.training.stage import ModelOut
+
+
+class ReportOut(StageOutput):
+    report: FileRef
+    figures: dict[str, FileRef]
+
+
+def _report(ctx: StageContext, ingest: IngestOut, score: ScoreOut, select: SelectOut, judge: JudgeOut | None = None,
+            others: dict[str, Any] | None = None) -> ReportOut:
+    """figures/*.png and report.md from the finished stages' outputs; logged to the parent MLflow run.
+
+    `others` are the remaining finished stages: inputs of the report (it is rebuilt when any of them changes).
+    """
+    scores = io.read_parquet(score.scores.uri)
+    selection = read_selection(select.selection.uri)
+    board = read_leaderboard(judge.leaderboard.uri) if judge is not None else None
+    reference = judge.reference if judge is not None else None
+    figures = plots.write_figures(ctx.path("figures"), scores, selection, board, reference)
+    counts = {"read": ingest.rows_read, "train": ingest.n_train, "validation": ingest.n_validation,
+              "eval_prompts": ingest.n_eval_prompts, "rejected": ingest.n_rejected}
+    markdown = render_report(
+        run_name=ctx.config.run_name, run_root=ctx.run, model_uri=ingest.sft.uri, model_fingerprint=ingest.sft_fingerprint,
+        counts=counts, rejects_by_reason=ingest.rejects_by_reason, selection=selection,
+        agreement=select.agreement_report(), leaderboard=board, reference=reference, figures=figures,
+        tracking=ctx.parent,
+    )  # fmt: skip
+    uri = write_report(markdown, ctx.run)
+    ctx.hooks.markdown("run-report", markdown, description=f"Report of {ctx.run}")
+    if ctx.parent is not None:
+        log_artifact(ctx.parent, uri, "report.md")
+        for fig in figures.values():
+            log_artifact(ctx.parent, fig, f"figures/{fig.rsplit('/', 1)[-1]}")
+    return ReportOut(report=FileRef.of(uri), figures={k: FileRef.of(v) for k, v in figures.items()})
+
+
+REPORT = StageSpec("report", ReportOut, _report, reads=("run_name",), tracked=False)
+
+
+class RegisterOut(StageOutput):
+    name: str
+    version: str
+    alias: str
+
+
+def _register(ctx: StageContext, final: ModelOut) -> RegisterOut:
+    """Register the selected final model as a new version of `tracking.register_model`, alias `model_alias`.
+
+    A stage like every other: a resumed run does not register the same model twice.
+    """
+    tracking = ctx.config.tracking
+    if ctx.tracking is None:
+        raise TrackingError("registering a model needs an MLflow run; set tracking.tracking_uri")
+    with io.local_copy_dir(final.model.uri, io.join(ctx.config.cache_dir, "checkpoints")) as local:
+        version = register_model(ctx.tracking, local, tracking.register_model, tracking.model_alias)
+    return RegisterOut(name=tracking.register_model, version=str(version), alias=tracking.model_alias)
+
+
+REGISTER = StageSpec("register", RegisterOut, _register,
+                     reads=("tracking.register_model", "tracking.model_alias", "tracking.tracking_uri"))

@@ -1,0 +1,116 @@
+"""The scoring stages: ∇L_val(θ), the pool in shards, then the pool's table.
+
+Each shard is a stage of its own (`score-shard-00003`), keyed by its row range and every
+input it reads, so a run killed mid-scoring resumes at the first unfinished shard, and the
+shards can be mapped over any task runner: they read their inputs from the run root, never
+from the flow's memory.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from prefcurate import io
+from prefcurate.checkpoint import load_checkpoint
+from prefcurate.data.pairs import read_pairs
+from prefcurate.data.stage import IngestOut
+from prefcurate.manifest import FileRef, StageOutput
+from prefcurate.scoring.influence import load_gradient, save_gradient, validation_gradient, with_lora
+from prefcurate.scoring.reference import ReferenceOut
+from prefcurate.scoring.scores import finalize_scores, load_scoring_models, score_shard
+from prefcurate.stage import StageContext, StageSpec
+from prefcurate.training.stage import ModelOut
+
+# The training fields that change a log-prob, a DPO loss or the trainable set IF is taken over.
+LOSS_FIELDS = ("training.beta", "training.max_length", "training.truncation_mode", "training.lora", "training.seed")
+
+
+class GradientOut(StageOutput):
+    gradient: FileRef
+    n_validation: int
+    n_parameters: int
+    norm: float
+    val_loss: float
+    model_fingerprint: str
+
+
+def _gradient(ctx: StageContext, ingest: IngestOut, ref: ReferenceOut, warmup: ModelOut) -> GradientOut:
+    training, scoring = ctx.config.training, ctx.config.scoring
+    ckpt = load_checkpoint(warmup.model.uri)
+    model = with_lora(ckpt.model, training) if training.lora is not None else ckpt.model
+    gradient = validation_gradient(
+        model, ckpt.tokenizer, read_pairs(ingest.validation.uri), io.read_parquet(ref.ref_logps.uri),
+        beta=training.beta, batch_size=scoring.batch_size, max_length=training.max_length,
+        truncation_mode=training.truncation_mode, model_fingerprint=ckpt.fingerprint,
+    )  # fmt: skip
+    uri = save_gradient(gradient, ctx.path("gradients", "val_grad.safetensors"))
+    out = GradientOut(gradient=FileRef.of(uri), n_validation=int(gradient.metadata["n_pairs"]),
+                      n_parameters=sum(t.numel() for t in gradient.tensors.values()), norm=gradient.norm(),
+                      val_loss=float(gradient.metadata["val_loss"]), model_fingerprint=ckpt.fingerprint)
+    ctx.metrics({"grad_norm": out.norm, "val_loss": out.val_loss, "rows.validation": out.n_validation})
+    return out
+
+
+GRADIENT = StageSpec("val-gradient", GradientOut, _gradient, reads=LOSS_FIELDS)
+
+
+class ShardOut(StageOutput):
+    scores: FileRef
+    pairs: int
+    truncated: int
+
+
+def shard_stage_name(index: int) -> str:
+    return f"score-shard-{index:05d}"
+
+
+def _shard(ctx: StageContext, rows: tuple[int, int], ingest: IngestOut, ref: ReferenceOut, warmup: ModelOut,
+           val: ModelOut, gradient: GradientOut | None) -> ShardOut:
+    training, scoring = ctx.config.training, ctx.config.scoring
+    pairs = read_pairs(ingest.train.uri).select(range(*rows))
+    models = load_scoring_models(warmup.model.uri, val.model.uri, training)
+    grad = load_gradient(gradient.gradient.uri, models.policy_fingerprint) if gradient is not None else None
+    frame = score_shard(pairs, models=models, ref_logps=io.read_parquet(ref.ref_logps.uri), gradient=grad,
+                        training=training, scoring=scoring)
+    index = int(ctx.stage.rsplit("-", 1)[-1])
+    uri = io.write_parquet(ctx.path("scores", "shards", f"shard-{index:05d}.parquet"), frame)
+    return ShardOut(scores=FileRef.of(uri), pairs=len(frame), truncated=int(frame["truncated"].sum()))
+
+
+SHARD = StageSpec("score-shard", ShardOut, _shard, tracked=False,
+                  reads=(*LOSS_FIELDS, "scoring.batch_size", "scoring.cosine", "scoring.compute_if"))
+
+
+class ScoreOut(StageOutput):
+    scores: FileRef
+    pairs: int
+    shards: int
+    truncated: int
+    summary: dict[str, float]
+
+
+def summarize(frame: pd.DataFrame) -> dict[str, float]:
+    """Mean, spread and median of every score, and TIF's kept share."""
+    out: dict[str, float] = {}
+    for column in ("if", "lossdiff", "irm"):
+        values = frame[column].astype(float)
+        if values.notna().any():
+            out.update({f"{column}.mean": values.mean(), f"{column}.std": values.std(), f"{column}.p50": values.median()})
+    if frame["tif"].notna().any():
+        out["tif.kept_fraction"] = float(frame["tif"].astype(float).mean())
+    return out
+
+
+def _merge(ctx: StageContext, shards: list[ShardOut]) -> ScoreOut:
+    frames = [io.read_parquet(s.scores.uri) for s in sorted(shards, key=lambda s: s.scores.uri)]
+    scores = finalize_scores(frames, ctx.config.scoring.tif_band)
+    uri = io.write_parquet(ctx.path("scores", "scores.parquet"), scores)
+    summary = summarize(scores)
+    ctx.artifact(uri, "scores/scores.parquet")
+    ctx.metrics({**summary, "rows.pairs": len(scores), "rows.shards": len(shards)})
+    ctx.params({"scoring.shards": len(shards)})
+    return ScoreOut(scores=FileRef.of(uri), pairs=len(scores), shards=len(shards),
+                    truncated=int(scores["truncated"].sum()), summary=summary)
+
+
+SCORE = StageSpec("score", ScoreOut, _merge, reads=("scoring",))

@@ -1,0 +1,144 @@
+"""The select stage (the configured rule, every other rule at comparable size, the agreement
+report) and the publish stage (a finished selection copied where downstream jobs read it).
+
+    selection/{selection.parquet,selection.json}   the rule the final model trains on
+    selection/rules/<rule>/…                       every other rule (random at the selection's size)
+    selection/agreement.json
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+from prefcurate import io
+from prefcurate.manifest import FileRef, StageOutput
+from prefcurate.scoring.stage import ScoreOut
+from prefcurate.selection import agreement
+from prefcurate.selection.rules import RULES, select
+from prefcurate.selection.selection import SELECTION_JSON, SELECTION_PARQUET, Selection, write_selection
+from prefcurate.errors import SelectionError
+from prefcurate.stage import StageContext, StageSpec
+
+log = logging.getLogger("prefcurate.selection")
+
+
+class SelectOut(StageOutput):
+    """The selection to train on, every other rule's selection by name, and the agreement report."""
+
+    selection: FileRef
+    rules: dict[str, FileRef]
+    agreement: FileRef
+    rule: str
+    n_pool: int
+    n_kept: int
+    kept_fraction: float
+
+    def agreement_report(self) -> agreement.AgreementReport:
+        return agreement.AgreementReport.from_json(io.read_text(self.agreement.uri))
+
+
+def selection_summary(selections: Mapping[str, Selection]) -> list[dict[str, Any]]:
+    """One row per selection: what the Prefect table artifact and the CLI show."""
+    return [
+        {"selection": name, "rule": s.rule, "n_kept": s.n_kept, "n_pool": s.n_pool, "kept_fraction": round(s.kept_fraction, 4)}
+        for name, s in selections.items()
+    ]
+
+
+def _others(scores: Any, config: Any, size: int) -> dict[str, Selection]:
+    """Every other rule on the same scores (top-k rules at the selection's size); rules whose
+    columns are absent (no IF, no dataset ratings) are left out with a log line."""
+    out: dict[str, Selection] = {}
+    for rule in RULES.values():
+        if rule.name == config.rule:
+            continue
+        try:
+            out[rule.name] = select(scores, config.model_copy(update={"rule": rule.name}),
+                                    size=size if rule.kind == "top-k" else None)
+        except SelectionError as exc:
+            log.info("comparison rule %s skipped: %s", rule.name, exc)
+    return out
+
+
+def _defects(config: Any) -> Any:
+    """Known-defect labels (`defects_uri`, e.g. the toy world's) keyed by pair_id, or None."""
+    return agreement.toy_defects(config.defects_uri, config.data.pool_uri) if config.defects_uri else None
+
+
+def _select(ctx: StageContext, score: ScoreOut) -> SelectOut:
+    config = ctx.config.selection
+    scores = io.read_parquet(score.scores.uri)
+    chosen = select(scores, config)
+    directory = ctx.path("selection")
+    write_selection(chosen, directory)
+    others = _others(scores, config, chosen.n_kept)
+    others = {name: others[name] for name in sorted(others, key=lambda n: n != "random")}  # the random baseline first
+    rule_dirs = {rule: write_selection(sel, io.join(directory, "rules", rule)) for rule, sel in others.items()}
+    report = agreement.agreement_report(scores, {config.rule: chosen, **others}, _defects(ctx.config))
+    agreement_uri = agreement.write_agreement(report, directory)
+    ctx.hooks.table("selection-summary", selection_summary({"selected": chosen, **others}),
+                    description=f"Selections of {ctx.run}: `{config.rule}` is trained on.")
+    if not report.overlap.empty:
+        ctx.hooks.table("agreement-overlap", report.overlap, description="Overlap coefficient with the TIF selection.")
+    metrics: dict[str, Any] = {"kept_fraction": chosen.kept_fraction, "n_kept": chosen.n_kept,
+                               "rows.pool": chosen.n_pool, "rows.kept": chosen.n_kept}
+    for name, row in report.overlap.iterrows():
+        metrics[f"overlap_tif.{name}"] = row.get("overlap_tif")
+    for name, row in report.correlations.iterrows():
+        metrics[f"pearson_if.{name}"], metrics[f"spearman_if.{name}"] = row.get("pearson"), row.get("spearman")
+    ctx.metrics(metrics)
+    ctx.params({f"selection.resolved.{k}": v for k, v in chosen.params.items()})
+    for file in (SELECTION_PARQUET, SELECTION_JSON, agreement.AGREEMENT_JSON):
+        ctx.artifact(io.join(directory, file), f"selection/{file}")
+    return SelectOut(selection=_selection_ref(directory), rules={r: _selection_ref(d) for r, d in rule_dirs.items()},
+                     agreement=FileRef.of(agreement_uri), rule=chosen.rule, n_pool=chosen.n_pool,
+                     n_kept=chosen.n_kept, kept_fraction=chosen.kept_fraction)
+
+
+def _selection_ref(directory: str) -> FileRef:
+    """A selection's two files as one reference (the rules/ and baselines below it are not part of it)."""
+    parquet, meta = FileRef.of(io.join(directory, SELECTION_PARQUET)), FileRef.of(io.join(directory, SELECTION_JSON))
+    return FileRef(uri=directory, sha256=io.sha256_json([parquet.sha256, meta.sha256]), size=parquet.size + meta.size,
+                   files={SELECTION_PARQUET: parquet.sha256, SELECTION_JSON: meta.sha256})
+
+
+def _identify_defects(config: Any, inputs: Mapping[str, Any]) -> str | None:
+    return FileRef.of(config.defects_uri).sha256 if config.defects_uri else None
+
+
+SELECT = StageSpec("select", SelectOut, _select, reads=("selection", "defects_uri", "data.pool_uri"),
+                   identify=_identify_defects)
+
+
+class PublishOut(StageOutput):
+    """What was published, re-read and verified after the copy."""
+
+    publish_uri: str
+    files: dict[str, FileRef]
+    n_kept: int
+
+
+def _publish(ctx: StageContext, select: SelectOut, score: ScoreOut) -> PublishOut:
+    """Copy the selection, its agreement report and the scores to `publish_uri`.
+
+    Files are written one by one atomically and `selection.json` last, so a consumer that
+    sees selection.json sees a whole selection; each copy is verified against its source's hash.
+    """
+    target = ctx.config.publish_uri
+    sources = {
+        "scores": (score.scores.uri, score.scores.sha256, "scores.parquet"),
+        "agreement": (select.agreement.uri, select.agreement.sha256, agreement.AGREEMENT_JSON),
+        "selection": (io.join(select.selection.uri, SELECTION_PARQUET), select.selection.files[SELECTION_PARQUET], SELECTION_PARQUET),
+        "selection_json": (io.join(select.selection.uri, SELECTION_JSON), select.selection.files[SELECTION_JSON], SELECTION_JSON),
+    }
+    files = {}
+    for name, (src, digest, dest) in sources.items():
+        copied = FileRef.of(io.write_bytes(io.join(target, dest), io.read_bytes(src)))
+        if copied.sha256 != digest:
+            raise SelectionError(f"published {copied.uri} does not match its source {src} (sha256 differs); publish again")
+        files[name] = copied
+    return PublishOut(publish_uri=target, files=files, n_kept=select.n_kept)
+
+
+PUBLISH = StageSpec("publish", PublishOut, _publish, reads=("publish_uri",))

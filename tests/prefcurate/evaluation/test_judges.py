@@ -1,0 +1,287 @@
+import json
+import logging
+import math
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+from prefcurate.config import JudgeConfig
+from prefcurate.errors import CheckpointError, JudgeError
+from prefcurate.evaluation.judges import make_judge
+from prefcurate.evaluation.judges.prompts import parse_rating
+
+KEY = "sk-test-4f9c2a7be1d0secret"
+
+
+# -- oracle -----------------------------------------------------------------------------------
+
+
+def test_oracle_pairwise_and_single():
+    judge = make_judge(JudgeConfig(kind="oracle"), None)
+    perfect, wrong = "apple apple done", "apple done"
+    assert judge.pairwise("repeat apple two", wrong, perfect) == 2.0
+    assert judge.pairwise("repeat apple two", perfect, wrong) == 1.0
+    assert judge.pairwise("repeat apple two", perfect, perfect) == 1.5
+    assert judge.single("repeat apple two", perfect) == 10.0
+    assert judge.single("repeat apple two", "um um um um") == 1.0
+
+
+def test_oracle_refuses_foreign_prompts():
+    judge = make_judge(JudgeConfig(kind="oracle"), None)
+    with pytest.raises(JudgeError, match="only knows toy-world instructions"):
+        judge.single("Write a poem", "roses")
+
+
+# -- reward model -----------------------------------------------------------------------------
+
+
+def _reward_model_dir(tmp_path, num_labels=1):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from prefcurate.toyworld.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=64, num_labels=num_labels, pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(config)
+    path = tmp_path / f"rm{num_labels}"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path, model, tok
+
+
+def test_reward_model_judge_maps_rewards(tmp_path):
+    path, model, tok = _reward_model_dir(tmp_path)
+    judge = make_judge(JudgeConfig(kind="reward-model", model=str(path), batch_size=3), tmp_path / "cache")
+    items = [("repeat apple two", "apple apple done", "um"), ("repeat stone one", "stone done", "stone stone stone done")]
+
+    def reward(instruction, output):  # one unpadded sequence at a time: no batching involved
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": instruction}, {"role": "assistant", "content": output}], tokenize=False
+        )
+        ids = tok(text, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            return float(model(**ids).logits[0, 0])
+
+    prefs = judge.pairwise_many(items)
+    for (instruction, o1, o2), pref in zip(items, prefs):
+        r1, r2 = reward(instruction, o1), reward(instruction, o2)
+        assert r1 != r2
+        assert pref == pytest.approx(1 + 1 / (1 + math.exp(-(r2 - r1))), abs=1e-5)
+    grade = judge.single("repeat apple two", "apple apple done")
+    assert grade == pytest.approx(1 + 9 / (1 + math.exp(-reward("repeat apple two", "apple apple done"))), abs=1e-5)
+
+    again = make_judge(JudgeConfig(kind="reward-model", model=str(path)), tmp_path / "cache")
+    assert again.pairwise_many(items) == prefs
+    assert (again.stats.cached, again.stats.judged) == (2, 0)
+
+
+def test_reward_model_judge_refuses_unsafe_or_wrong_checkpoints(tmp_path):
+    path, model, _ = _reward_model_dir(tmp_path)
+    for file in path.glob("*.safetensors"):
+        file.unlink()
+    torch.save(model.state_dict(), path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="only pickle weights"):
+        make_judge(JudgeConfig(kind="reward-model", model=str(path)), None)
+    path2, _, _ = _reward_model_dir(tmp_path, num_labels=2)
+    with pytest.raises(JudgeError, match="num_labels=1"):
+        make_judge(JudgeConfig(kind="reward-model", model=str(path2)), None)
+
+
+# -- openai-compatible endpoint -------------------------------------------------------------
+
+
+class FakeEndpoint:
+    """An OpenAI-compatible /v1/chat/completions on 127.0.0.1 that prefers the output containing GOOD."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.fail_first: list[int] = []  # HTTP statuses to answer before behaving
+        self.delay_s = 0.0
+        self.mode = "logprobs"  # or "text", "garbage"
+        self.in_flight = self.max_in_flight = 0
+        lock = threading.Lock()
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                endpoint.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+                if endpoint.fail_first:
+                    status = endpoint.fail_first.pop(0)
+                    self.send_response(status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                with lock:
+                    endpoint.in_flight += 1
+                    endpoint.max_in_flight = max(endpoint.max_in_flight, endpoint.in_flight)
+                time.sleep(endpoint.delay_s)
+                with lock:
+                    endpoint.in_flight -= 1
+                payload = json.dumps(endpoint.answer(body)).encode()
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def answer(self, body: dict) -> dict:
+        prompt = body["messages"][-1]["content"]
+        if "[[rating]]" in prompt:
+            text = "Concise and correct. Rating: [[7]]" if "GOOD" in prompt else "I cannot decide."
+            return {"choices": [{"message": {"role": "assistant", "content": text}}]}
+        first = re.search(r'"model_identifier": "m",\s*"output": """(.*?)"""', prompt, re.S).group(1)
+        winner, loser = ("m", "M") if "GOOD" in first else ("M", "m")
+        if self.mode == "garbage":
+            return {"choices": [{"message": {"role": "assistant", "content": "Both"}}]}
+        choice = {"message": {"role": "assistant", "content": winner}}
+        if self.mode == "logprobs":
+            top = [{"token": winner, "logprob": math.log(0.9)}, {"token": loser, "logprob": math.log(0.1)}]
+            choice["logprobs"] = {"content": [{"token": winner, "logprob": math.log(0.9), "top_logprobs": top}]}
+        return {"choices": [choice]}
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def endpoint(monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", KEY)
+    server = FakeEndpoint()
+    yield server
+    server.close()
+
+
+def _config(endpoint, **kw):
+    base = dict(kind="openai", base_url=endpoint.url, model="judge-1", api_key_env="JUDGE_KEY",
+                retry_backoff_s=0.01, timeout_s=5.0, max_concurrency=4)
+    return JudgeConfig(**{**base, **kw})
+
+
+ITEMS = [(f"instruction {i}", f"answer {i} GOOD", f"answer {i} plain") for i in range(6)] + [
+    (f"instruction {i}", f"answer {i} plain", f"answer {i} GOOD") for i in range(6, 12)
+]
+
+
+def test_openai_pairwise_from_logprobs_maps_swaps_back(endpoint, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    judge = make_judge(_config(endpoint), tmp_path / "cache")
+    swaps = [judge.swapped(*item) for item in ITEMS]
+    assert any(swaps) and not all(swaps)  # both orders occur
+    prefs = judge.pairwise_many(ITEMS)
+    # GOOD as output_1 → the reference wins with p 0.9 → 1.1; GOOD as output_2 → 1.9; whatever the order sent
+    assert prefs == pytest.approx([1.1] * 6 + [1.9] * 6)
+    assert len(endpoint.requests) == 12
+    assert all(r["path"] == "/v1/chat/completions" and r["body"]["logprobs"] for r in endpoint.requests)
+    assert all(r["auth"] == f"Bearer {KEY}" for r in endpoint.requests)
+    sent_first = [re.search(r'"m",\s*"output": """(.*?)"""', r["body"]["messages"][-1]["content"], re.S).group(1)
+                  for r in endpoint.requests]
+    expected_first = {o2 if s else o1 for (_, o1, o2), s in zip(ITEMS, swaps)}
+    assert set(sent_first) == expected_first
+
+    # A rerun with a fresh judge on the same cache sends nothing.
+    again = make_judge(_config(endpoint), tmp_path / "cache")
+    assert again.pairwise_many(ITEMS) == prefs
+    assert len(endpoint.requests) == 12 and again.stats.cached == 12
+
+    assert KEY not in caplog.text
+    for file in (tmp_path / "cache").rglob("*"):
+        if file.is_file():
+            assert KEY not in file.read_text()
+
+
+def test_verdict_cache_on_s3(endpoint, s3_bucket):
+    cache = f"{s3_bucket}/judgments"
+    first = make_judge(_config(endpoint), cache).pairwise_many(ITEMS[:3])
+    again = make_judge(_config(endpoint), cache)
+    assert again.pairwise_many(ITEMS[:3]) == first
+    assert again.stats.cached == 3 and len(endpoint.requests) == 3
+
+
+def test_openai_pairwise_from_text_and_unparseable(endpoint, tmp_path):
+    endpoint.mode = "text"
+    judge = make_judge(_config(endpoint, logprobs=False), tmp_path / "cache")
+    assert judge.pairwise_many(ITEMS[:2] + ITEMS[-2:]) == [1.0, 1.0, 2.0, 2.0]
+    assert "logprobs" not in endpoint.requests[0]["body"]
+
+    endpoint.mode = "garbage"
+    other = make_judge(_config(endpoint, seed=1), tmp_path / "cache")
+    assert other.pairwise_many(ITEMS[:3]) == [None, None, None]
+    assert (other.stats.unparseable, other.stats.judged) == (3, 0)
+    # unparseable verdicts are not cached: a rerun asks again
+    n = len(endpoint.requests)
+    other.pairwise_many(ITEMS[:3])
+    assert len(endpoint.requests) == n + 3
+
+
+def test_openai_single_grading(endpoint, tmp_path):
+    judge = make_judge(_config(endpoint), tmp_path / "cache")
+    assert judge.single_many([("q", "a GOOD answer"), ("q", "a bad answer")]) == [7.0, -1.0]
+    assert (judge.stats.judged, judge.stats.unparseable) == (1, 1)
+    assert endpoint.requests[0]["body"]["max_tokens"] == 512
+
+
+def test_openai_concurrency_is_limited(endpoint):
+    endpoint.delay_s = 0.1
+    judge = make_judge(_config(endpoint, max_concurrency=3), None)
+    assert judge.pairwise_many(ITEMS) == pytest.approx([1.1] * 6 + [1.9] * 6)
+    assert endpoint.max_in_flight == 3  # parallel, and never more than the limit
+
+
+def test_openai_retries_429_and_5xx(endpoint, tmp_path, caplog):
+    endpoint.fail_first = [429, 503]
+    judge = make_judge(_config(endpoint, max_concurrency=1), None)
+    assert judge.pairwise(*ITEMS[-1]) == pytest.approx(1.9)
+    assert len(endpoint.requests) == 3
+    assert "HTTP 429" in caplog.text and "HTTP 503" in caplog.text
+
+    endpoint.fail_first = [500] * 3
+    judge = make_judge(_config(endpoint, max_retries=2), None)
+    assert judge.pairwise(*ITEMS[0]) is None
+    assert judge.stats.failed == 1
+
+
+def test_openai_timeout_counts_as_failed(endpoint, tmp_path):
+    endpoint.delay_s = 1.0
+    judge = make_judge(_config(endpoint, timeout_s=0.2, max_retries=1), tmp_path / "cache")
+    assert judge.pairwise(*ITEMS[0]) is None
+    assert judge.stats.failed == 1
+    assert len(endpoint.requests) == 2
+    assert not list((tmp_path / "cache").rglob("*.json"))
+
+
+def test_openai_refused_key_and_missing_key(endpoint, monkeypatch):
+    endpoint.fail_first = [401]
+    judge = make_judge(_config(endpoint), None)
+    with pytest.raises(JudgeError, match="refused the API key") as info:
+        judge.pairwise(*ITEMS[0])
+    assert KEY not in str(info.value)
+    monkeypatch.delenv("JUDGE_KEY")
+    with pytest.raises(JudgeError, match="JUDGE_KEY is empty"):
+        make_judge(_config(endpoint), None)
+
+
+def test_parse_rating():
+    assert parse_rating("fine. Rating: [[8]]") == 8.0
+    assert parse_rating("Rating: [6.5]") == 6.5
+    assert parse_rating("no rating here") == -1.0
+    assert parse_rating("[[11]]") == -1.0
