@@ -37,7 +37,6 @@ import torch
 
 from prefcurate.config import TrainingConfig
 from prefcurate.data.pairs import pair_id, pairs_from_rows
-from prefcurate.training.dpo import fit_dpo
 from prefcurate.scoring.influence import ValidationGradient, influence_scores, trainable_parameters, validation_gradient
 from prefcurate.scoring.logps import (
     compute_logps,
@@ -51,6 +50,7 @@ from prefcurate.scoring.logps import (
 from prefcurate.toyworld.model import build_model
 from prefcurate.toyworld.task import all_instructions, imperfect_answer
 from prefcurate.toyworld.tokenizer import build_tokenizer
+from prefcurate.training.dpo import fit_dpo
 
 QWEN2_05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                  intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True)  # fmt: skip
@@ -323,7 +323,8 @@ def run(args: argparse.Namespace) -> list[Row]:
 
 def profile(args: argparse.Namespace) -> str:
     """Where one batch's time goes: the jvp IF pass against a plain forward (torch.profiler, self CPU time)."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     tokenizer, model, pairs = setup(args, args.batch_size)
     tokenized = tokenize_pairs(pairs, tokenizer)

@@ -221,6 +221,16 @@ def _load(model: type, config: str | None, sets: list[str] | None):
         fail(str(exc))
 
 
+def _preflight(config) -> None:
+    """Check every input the config names — in seconds, before Prefect or torch is even imported."""
+    from prefcurate.preflight import preflight
+
+    try:
+        preflight(config)
+    except PrefcurateError as exc:
+        fail(str(exc))
+
+
 def _run_flow(fn, config):
     try:
         return fn(config)
@@ -261,6 +271,7 @@ def curate(
     from prefcurate.config import RunConfig
 
     cfg = _load(RunConfig, config, sets)
+    _preflight(cfg)
     _flow_console()
     from prefcurate.flows.curate import curate as curate_flow
     from prefcurate.flows.curate import render
@@ -277,6 +288,7 @@ def nightly(
     from prefcurate.config import NightlyConfig
 
     cfg = _load(NightlyConfig, config, sets)
+    _preflight(cfg)
     _flow_console()
     from prefcurate.flows.nightly import nightly as nightly_flow
 
@@ -310,6 +322,7 @@ def evaluate(
     if reference:
         overrides.append(f"evaluation.reference={reference}")
     cfg = _load(EvaluateConfig, config, overrides)
+    _preflight(cfg)
     _flow_console()
     from prefcurate.flows.evaluate import evaluate as evaluate_flow
 

@@ -22,6 +22,7 @@ from prefcurate.errors import SelectionError
 from prefcurate.evaluation.stage import GenerateOut
 from prefcurate.flows.runs import parent_run, task_runner, use_torch_threads
 from prefcurate.manifest import StageOutput, run_uri
+from prefcurate.preflight import preflight
 from prefcurate.reporting.stage import RegisterOut
 from prefcurate.scoring.reference import ReferenceOut
 from prefcurate.scoring.scores import shard_ranges
@@ -123,6 +124,7 @@ def score_and_select(config: _Pipeline, run: str, parent: RunHandle | None) -> C
 def curate(config: RunConfig) -> CurateResult:
     """Score a preference pool for an SFT model, keep the valuable pairs, train DPO on them and
     on the baselines, and measure every model's win rate against the reference."""
+    preflight(config)
     run = run_uri(config.root, config.run_name)
     use_torch_threads(config.scaleout)
     with parent_run("curate", config, config.tracking, run) as parent:

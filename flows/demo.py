@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefcurate.flows.curate import CurateResult, curate
 from prefcurate.config import (
     DataSource,
     EvaluationConfig,
@@ -20,6 +19,7 @@ from prefcurate.config import (
     ScoringConfig,
     TrackingConfig,
 )
+from prefcurate.flows.curate import CurateResult, curate
 from prefcurate.toyworld.build import World, build_world
 
 # Shards of 250 pairs: the default world's pool is scored in 4 resumable shards.

@@ -15,6 +15,7 @@ from prefcurate.config import EvaluateConfig
 from prefcurate.evaluation.stage import GenerateOut, JudgeOut
 from prefcurate.flows.runs import parent_run
 from prefcurate.manifest import FileRef, run_uri
+from prefcurate.preflight import preflight
 from prefcurate.tasks.evaluate import generate_stage, judge_stage
 from prefcurate.tracking import run_url
 
@@ -33,6 +34,7 @@ class EvaluateResult(BaseModel):
 @flow(name="evaluate")
 def evaluate(config: EvaluateConfig) -> EvaluateResult:
     """Win rates (and single scores) of every model against `evaluation.reference`."""
+    preflight(config)
     run = run_uri(config.root, config.run_name)
     with parent_run("evaluate", config, config.tracking, run) as parent:
         generated: dict[str, GenerateOut] = {}

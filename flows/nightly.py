@@ -16,6 +16,7 @@ from prefcurate.config import NightlyConfig
 from prefcurate.flows.curate import SelectionResult, score_and_select
 from prefcurate.flows.runs import parent_run, use_torch_threads
 from prefcurate.manifest import run_uri
+from prefcurate.preflight import preflight
 from prefcurate.tasks.select import publish_stage
 
 
@@ -30,6 +31,7 @@ def nightly(config: NightlyConfig) -> NightlyResult:
     """Score and select a (new) preference pool for an SFT model and publish the selection."""
     run = run_uri(config.root, config.run_name)
     config = config.model_copy(update={"publish_uri": config.publish_uri or io.join(run, "published")})
+    preflight(config)
     use_torch_threads(config.scaleout)
     with parent_run("nightly", config, config.tracking, run) as parent:
         done = score_and_select(config, run, parent)

@@ -11,8 +11,8 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from prefcurate.config import ScaleOutConfig, TrackingConfig, flatten
-from prefcurate.tracking import RunHandle, finish_run, log_params, set_tags, start_parent_run
 from prefcurate.tasks.artifacts import publish_mlflow_link
+from prefcurate.tracking import RunHandle, finish_run, log_params, set_tags, start_parent_run
 
 
 @contextmanager

@@ -16,11 +16,26 @@ from prefcurate.errors import ConfigError
 from prefcurate.evaluation.judges import JUDGES
 from prefcurate.selection.rules import RULES
 
+# No count or rate in a run is anywhere near this; a value beyond it is a typo that would crash (or
+# run forever) hours later, so it is refused up front.
+MAGNITUDE_LIMIT = 1e9
+
 
 class Section(BaseModel):
-    """Base for config sections: unknown keys are errors, not silently ignored."""
+    """Base for config sections: unknown keys are errors, not silently ignored; numbers are finite
+    and within MAGNITUDE_LIMIT."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _sane_numbers(self) -> "Section":
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            values = value if isinstance(value, (tuple, list)) else [value]
+            for v in values:
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) > MAGNITUDE_LIMIT:
+                    raise ValueError(f"{name}={v} is beyond any sane setting (|value| <= {MAGNITUDE_LIMIT:g}); check the value")
+        return self
 
 
 class ModelSource(Section):

@@ -14,7 +14,12 @@ class ConfigError(PrefcurateError):
 
 
 class StorageError(PrefcurateError):
-    """A URI cannot be read or written."""
+    """A URI cannot be read or written. `transient` when retrying may help (network, throttling,
+    5xx, timeouts); a missing file, a permission error or a full disk is not."""
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 class CheckpointError(PrefcurateError):

@@ -7,6 +7,7 @@ so a crash never leaves a half-written artifact that looks whole.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -16,11 +17,37 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 import pandas as pd
 
-from prefcurate.errors import StorageError
+from prefcurate.errors import StorageError, first_line
+
+# Errors no retry can fix: what is missing, forbidden or full stays so.
+PERMANENT_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS,
+                              errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG})
+TRANSIENT_WORDS = ("timeout", "timed out", "connection", "throttl", "slowdown", "slow down", "serviceunavailable",
+                   "service unavailable", "internalerror", "503", "502", "500", "504", "temporarily")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying the operation that raised `exc` may succeed (network, throttling, 5xx, timeouts)."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    if isinstance(exc, OSError) and exc.errno in PERMANENT_ERRNOS:
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(word in text for word in TRANSIENT_WORDS)
+
+
+def storage_error(what: str, uri: str, exc: BaseException) -> StorageError:
+    """A one-line StorageError for `what` failing on `uri`, marked transient or not."""
+    transient = is_transient(exc)
+    hint = "; retrying may help" if transient else ""
+    return StorageError(f"cannot {what} {uri}: {first_line(exc)}{hint}", transient=transient)
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -37,6 +64,22 @@ def join(uri: str, *parts: str) -> str:
     return out
 
 
+def redact_uri(uri: str) -> str:
+    """`uri` without a user:password part, for anything that is printed or logged."""
+    if "://" not in uri:
+        return uri
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    if parts.password is None and parts.username is None:
+        return uri
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
 def is_remote(uri: str) -> bool:
     return "://" in str(uri) and not str(uri).startswith("file://")
 
@@ -46,7 +89,7 @@ def exists(uri: str) -> bool:
     try:
         return fs.exists(path)
     except Exception as exc:  # network or credential failure
-        raise StorageError(f"cannot reach {uri}: {exc}; check the URI and credentials") from exc
+        raise storage_error("reach", uri, exc) from exc
 
 
 def read_bytes(uri: str) -> bytes:
@@ -57,29 +100,62 @@ def read_bytes(uri: str) -> bytes:
     except FileNotFoundError as exc:
         raise StorageError(f"{uri} does not exist; check the path") from exc
     except Exception as exc:
-        raise StorageError(f"cannot read {uri}: {exc}") from exc
+        raise storage_error("read", uri, exc) from exc
 
 
 def write_bytes(uri: str, data: bytes) -> str:
-    """Write `data` to `uri` atomically; returns `uri`."""
+    """Write `data` to `uri` atomically; returns `uri`. A failed write leaves nothing behind.
+
+    On an object store the bucket must exist: it is never created as a side effect.
+    """
     fs, path = filesystem(uri)
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    tmp = None
     try:
-        if parent:
-            fs.makedirs(parent, exist_ok=True)
         if is_remote(uri):
+            _require_bucket(fs, path, uri)
             # An object store PUT is atomic: the key appears only once the upload completes.
             fs.pipe_file(path, data)
         else:
+            if parent:
+                fs.makedirs(parent, exist_ok=True)
             tmp = f"{path}.tmp-{uuid.uuid4().hex}"
             with open(tmp, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
+            tmp = None
+    except StorageError:
+        raise
     except Exception as exc:
-        raise StorageError(f"cannot write {uri}: {exc}") from exc
+        raise storage_error("write", uri, exc) from exc
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
     return uri
+
+
+_KNOWN_BUCKETS: set[str] = set()
+
+
+def require_bucket(uri: str) -> None:
+    """The bucket of a remote `uri` exists (a StorageError otherwise; nothing is created)."""
+    fs, path = filesystem(uri)
+    _require_bucket(fs, path, uri)
+
+
+def _require_bucket(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> None:
+    bucket = path.split("/", 1)[0]
+    if bucket in _KNOWN_BUCKETS:
+        return
+    try:
+        found = fs.exists(bucket)
+    except Exception as exc:
+        raise storage_error("reach", uri, exc) from exc
+    if not found:
+        raise StorageError(f"bucket {bucket} of {uri} does not exist; create it first (prefcurate never creates buckets)")
+    _KNOWN_BUCKETS.add(bucket)
 
 
 def read_text(uri: str) -> str:
@@ -126,7 +202,7 @@ def _listing(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> list[tuple[s
     except FileNotFoundError as exc:
         raise StorageError(f"{uri} does not exist; check the bucket and prefix") from exc
     except Exception as exc:
-        raise StorageError(f"cannot list {uri}: {exc}") from exc
+        raise storage_error("list", uri, exc) from exc
     if not found:
         raise StorageError(f"{uri} does not exist or is empty; check the bucket and prefix")
     return sorted(
@@ -157,7 +233,7 @@ def local_copy_dir(uri: str, cache_dir: str | os.PathLike) -> Iterator[Path]:
                 fs.get_file(f"{path.rstrip('/')}/{name}", str(tmp / name))
         except Exception as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise StorageError(f"cannot download {uri}: {exc}") from exc
+            raise storage_error("download", uri, exc) from exc
         (tmp / ".complete").touch()
         if target.exists():
             shutil.rmtree(tmp)

@@ -154,7 +154,7 @@ def _content(value: Any) -> Any:
     return value
 
 
-O = TypeVar("O", bound=StageOutput)
+Out = TypeVar("Out", bound=StageOutput)
 
 
 def run_uri(root: str, run_name: str) -> str:
@@ -172,11 +172,11 @@ def write_manifest(output: StageOutput) -> str:
     return io.write_text(manifest_uri(output.meta.run_uri, output.meta.stage), output.model_dump_json(indent=2) + "\n")
 
 
-def read_manifest(kind: type[O], uri: str) -> O:
+def read_manifest(kind: type[Out], uri: str) -> Out:
     return kind.model_validate_json(io.read_text(uri))
 
 
-def find_output(kind: type[O], run: str, stage: str, key: str) -> O | None:
+def find_output(kind: type[Out], run: str, stage: str, key: str) -> Out | None:
     """The finished stage with this cache key whose every output is intact, or None when it must (re)run."""
     uri = manifest_uri(run, stage)
     if not io.exists(uri):

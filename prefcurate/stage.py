@@ -28,7 +28,7 @@ from prefcurate.tracking import RunHandle, log_artifact, log_metrics, log_params
 
 log = logging.getLogger("prefcurate.stage")
 
-O = TypeVar("O", bound=StageOutput)
+Out = TypeVar("Out", bound=StageOutput)
 Progress = Callable[[int, int], None]
 
 
@@ -76,7 +76,7 @@ class StageContext:
 
 
 @dataclass(frozen=True)
-class StageSpec(Generic[O]):
+class StageSpec(Generic[Out]):
     """One stage, described once.
 
     `compute(ctx, **inputs)` returns the typed output. `reads` are the dotted config fields
@@ -87,8 +87,8 @@ class StageSpec(Generic[O]):
     """
 
     name: str
-    output: type[O]
-    compute: Callable[..., O]
+    output: type[Out]
+    compute: Callable[..., Out]
     reads: tuple[str, ...] = ()
     identify: Callable[[Any, Mapping[str, Any]], Any] | None = None
     tracked: bool = True
@@ -141,7 +141,7 @@ def cache_key(stage: str, inputs: Mapping[str, Any], config: Mapping[str, Any], 
 
 
 def run_stage(
-    spec: StageSpec[O],
+    spec: StageSpec[Out],
     run: str,
     config: Any,
     *,
@@ -149,7 +149,7 @@ def run_stage(
     stage: str | None = None,
     tracking: RunHandle | None = None,
     hooks: Hooks | None = None,
-) -> O:
+) -> Out:
     """The stage's output: reused when its manifest has this cache key and every output is
     intact, computed (and its manifest written last) otherwise.
 

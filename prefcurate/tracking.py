@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, Mapping
-from urllib.parse import urlsplit, urlunsplit
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
@@ -29,6 +28,7 @@ from transformers import TrainerCallback
 from prefcurate import io
 from prefcurate.config import TrackingConfig
 from prefcurate.errors import PrefcurateError
+from prefcurate.io import redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,11 @@ _BATCH = 100
 
 
 class TrackingError(PrefcurateError):
-    """The MLflow store cannot be reached or refuses a write."""
+    """The MLflow store cannot be reached or refuses a write (`transient` when retrying may help)."""
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 class RunHandle(BaseModel):
@@ -66,22 +70,6 @@ def client(run: RunHandle) -> MlflowClient:
     return _client(run.tracking_uri)
 
 
-def redact_uri(uri: str) -> str:
-    """`uri` without a user:password part, for anything that is printed or logged."""
-    if "://" not in uri:
-        return uri
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return uri
-    if parts.password is None and parts.username is None:
-        return uri
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-
-
 def _call(what: str, store_uri: str, fn, *args, **kwargs):
     """Run an MLflow call, turning its failure into one readable line."""
     try:
@@ -89,7 +77,8 @@ def _call(what: str, store_uri: str, fn, *args, **kwargs):
     except MlflowException as exc:
         detail = (str(exc.message).strip().splitlines() or ["unknown error"])[0][:300]
         raise TrackingError(
-            f"MLflow {what} failed at {redact_uri(store_uri)}: {detail}; check tracking.tracking_uri and that the store is up"
+            f"MLflow {what} failed at {redact_uri(store_uri)}: {detail}; check tracking.tracking_uri and that the store is up",
+            transient=io.is_transient(exc) or getattr(exc, "error_code", "") in ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR"),
         ) from exc
 
 

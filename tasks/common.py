@@ -24,16 +24,18 @@ from prefcurate.tasks.artifacts import PrefectProgress, publish_markdown, publis
 from prefcurate.tracking import RunHandle, TrackingError
 
 CORE_LOGGER = "prefcurate"
-TRANSIENT = (StorageError, TrackingError, ConnectionError, TimeoutError)
-O = TypeVar("O", bound=StageOutput)
+Out = TypeVar("Out", bound=StageOutput)
 
 
 def retry_on_io(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry storage, tracking and network failures; a bad input or a bug fails at once."""
+    """Retry only transient faults (network, throttling, 5xx, timeouts); a missing file, a full disk,
+    a permission error, a bad input or a bug fails at once."""
     exc = state.result(raise_on_failure=False)
-    if isinstance(exc, FileNotFoundError):
-        return False
-    return isinstance(exc, TRANSIENT) or isinstance(exc, OSError)
+    if isinstance(exc, StorageError):
+        return exc.transient
+    if isinstance(exc, TrackingError):
+        return exc.transient
+    return isinstance(exc, (ConnectionError, TimeoutError))
 
 
 # Task options for stages that read and write the run root (local or s3://).
@@ -91,8 +93,8 @@ class PrefectHooks(Hooks):
         publish_markdown(key, text, description=description)
 
 
-def run_spec(spec: StageSpec[O], run: str, config: Any, *, inputs: Mapping[str, Any] | None = None,
-             stage: str | None = None, tracking: RunHandle | None = None) -> O:
+def run_spec(spec: StageSpec[Out], run: str, config: Any, *, inputs: Mapping[str, Any] | None = None,
+             stage: str | None = None, tracking: RunHandle | None = None) -> Out:
     """`prefcurate.stage.run_stage` with the core's log lines in the Prefect run log and Prefect artifacts as hooks."""
     wire_core_logging()
     return run_stage(spec, run, config, inputs=inputs, stage=stage, tracking=tracking, hooks=PrefectHooks())

@@ -19,9 +19,9 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 
 from prefcurate import io
-from prefcurate.evaluation import metrics
 from prefcurate.config import GenerationConfig
 from prefcurate.errors import DataError
+from prefcurate.evaluation import metrics
 from prefcurate.evaluation.generation import generate, read_model_outputs, write_model_outputs
 from prefcurate.evaluation.judges.base import Judge
 

@@ -12,12 +12,12 @@ import logging
 from typing import Any, Mapping
 
 from prefcurate import io
+from prefcurate.errors import SelectionError
 from prefcurate.manifest import FileRef, StageOutput
 from prefcurate.scoring.stage import ScoreOut
 from prefcurate.selection import agreement
 from prefcurate.selection.rules import RULES, select
 from prefcurate.selection.selection import SELECTION_JSON, SELECTION_PARQUET, Selection, write_selection
-from prefcurate.errors import SelectionError
 from prefcurate.stage import StageContext, StageSpec
 
 log = logging.getLogger("prefcurate.selection")

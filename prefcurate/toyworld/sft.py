@@ -18,8 +18,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 from trl import SFTConfig, SFTTrainer
 
-from prefcurate.training.quiet import quiet_trainer
 from prefcurate.toyworld.task import Instruction, imperfect_answer, quality
+from prefcurate.training.quiet import quiet_trainer
 
 
 class SFTSpec(BaseModel):

@@ -75,3 +75,54 @@ def test_local_copy_dir_missing(s3_bucket, tmp_path):
     with pytest.raises(StorageError):
         with io.local_copy_dir("s3://bucket-that-was-never-made/x", tmp_path):
             pass
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KiB tmpfs (needs root to mount; skipped with the reason otherwise)."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_fails_at_once_and_leaves_nothing_behind(tiny_disk):
+    from prefcurate.errors import StorageError
+
+    with pytest.raises(StorageError, match="No space left") as info:
+        io.write_bytes(str(tiny_disk / "big.bin"), b"x" * 1_000_000)
+    assert not info.value.transient  # a full disk is not retried
+    assert list(tiny_disk.iterdir()) == []  # no *.tmp-* file, no partial file
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import os as real_os
+
+    from prefcurate.errors import StorageError
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(io.os, "replace", broken_replace)
+    with pytest.raises(StorageError):
+        io.write_bytes(str(tmp_path / "a.bin"), b"data")
+    monkeypatch.setattr(io.os, "replace", real_os.replace)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_bucket_is_an_error_never_created(moto_s3):
+    import s3fs
+
+    from prefcurate.errors import StorageError
+
+    with pytest.raises(StorageError, match="bucket no-such-bucket-xyz .* does not exist; create it first"):
+        io.write_text("s3://no-such-bucket-xyz/runs/a.txt", "x")
+    assert not s3fs.S3FileSystem().exists("no-such-bucket-xyz")

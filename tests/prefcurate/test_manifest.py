@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from prefcurate import io
-from prefcurate.manifest import FileRef, StageMeta, StageOutput, find_output, manifest_uri, read_manifest, write_manifest
+from prefcurate.manifest import (
+    FileRef,
+    StageMeta,
+    StageOutput,
+    find_output,
+    manifest_uri,
+    read_manifest,
+    write_manifest,
+)
 
 
 class BlobOut(StageOutput):

@@ -10,8 +10,8 @@ from prefect import flow, task
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from prefcurate.tracking import RunHandle
 from prefcurate.tasks import artifacts
+from prefcurate.tracking import RunHandle
 from prefcurate.training.progress import ProgressCallback
 
 

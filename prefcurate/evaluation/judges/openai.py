@@ -7,7 +7,6 @@ import math
 import os
 import random
 import time
-
 from typing import TYPE_CHECKING
 
 import httpx

@@ -11,8 +11,8 @@ import datasets
 import pandas as pd
 import pytest
 
-from prefcurate.data import pairs as data_mod
 from prefcurate.config import DataSource
+from prefcurate.data import pairs as data_mod
 from prefcurate.data.pairs import (
     carve_validation,
     ingest,

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prefcurate.evaluation import metrics
 from prefcurate.errors import DataError
+from prefcurate.evaluation import metrics
 
 
 def test_win_rate_hand_computed_with_ties():

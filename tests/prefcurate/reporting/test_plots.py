@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from prefcurate.reporting import plots
 from prefcurate.config import SelectionConfig
 from prefcurate.errors import DataError
+from prefcurate.reporting import plots
 from prefcurate.selection.rules import select
 from tests.prefcurate.synthetic import correlated_scores
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from prefcurate.config import SelectionConfig
 from prefcurate.reporting import report
 from prefcurate.selection.agreement import agreement_report
-from prefcurate.config import SelectionConfig
 from prefcurate.selection.rules import select
 from prefcurate.tracking import RunHandle
 from tests.prefcurate.synthetic import correlated_scores

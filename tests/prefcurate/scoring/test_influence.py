@@ -16,7 +16,14 @@ from prefcurate.scoring.influence import (
     validation_gradient,
     with_lora,
 )
-from prefcurate.scoring.logps import compute_logps, dpo_loss, make_collator, reference_tensors, sequence_logps, tokenize_pairs
+from prefcurate.scoring.logps import (
+    compute_logps,
+    dpo_loss,
+    make_collator,
+    reference_tensors,
+    sequence_logps,
+    tokenize_pairs,
+)
 from prefcurate.toyworld.model import build_model
 from prefcurate.toyworld.tokenizer import build_tokenizer
 from tests.prefcurate.scoring.test_logps import toy_pairs

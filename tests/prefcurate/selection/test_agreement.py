@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prefcurate.selection.agreement import agreement_report, auroc, overlap_coefficient, write_agreement
 from prefcurate.config import SelectionConfig
 from prefcurate.errors import SelectionError
+from prefcurate.selection.agreement import agreement_report, auroc, overlap_coefficient, write_agreement
 from prefcurate.selection.rules import select
 from prefcurate.selection.selection import Selection
 
@@ -134,10 +134,10 @@ def toy_scores(toy_world, tmp_path_factory):
     from prefcurate.checkpoint import load_checkpoint
     from prefcurate.config import ScoringConfig, TrainingConfig
     from prefcurate.data.pairs import load_pairs
-    from prefcurate.training.dpo import train_dpo
     from prefcurate.scoring.influence import validation_gradient
     from prefcurate.scoring.logps import compute_logps
     from prefcurate.scoring.scores import load_scoring_models, score_pool
+    from prefcurate.training.dpo import train_dpo
 
     out = tmp_path_factory.mktemp("toy_scores")
     pool, val = load_pairs(toy_world.pool_parquet).pairs, load_pairs(toy_world.validation_parquet).pairs

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 
-from prefcurate.selection.agreement import AgreementReport, agreement_report
 from prefcurate.config import SelectionConfig
+from prefcurate.selection.agreement import AgreementReport, agreement_report
 from prefcurate.selection.rules import select
 
 

@@ -10,10 +10,10 @@ import torch
 
 from prefcurate.checkpoint import load_checkpoint, save_checkpoint
 from prefcurate.config import LoraSettings, TrainingConfig
-from prefcurate.training.dpo import fit_dpo, merged, train_dpo
 from prefcurate.scoring.logps import compute_logps
 from prefcurate.toyworld.model import build_model
 from prefcurate.toyworld.tokenizer import build_tokenizer
+from prefcurate.training.dpo import fit_dpo, merged, train_dpo
 from tests.prefcurate.scoring.test_logps import toy_pairs
 
 pytestmark = pytest.mark.slow
