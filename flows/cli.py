@@ -182,25 +182,14 @@ def toyworld_build(
 # --- demo / curate / nightly / evaluate: the flows, run on Prefect's ephemeral API ----------
 
 
-class _NoExpectedTracebacks:
-    """Log filter: a `PrefcurateError` raised in a task is logged as its one-line message.
-
-    Prefect logs a failed task with its traceback; for errors prefcurate raises on purpose
-    the message already says what is wrong and what to do, so the traceback is noise. Bugs
-    (any other exception) keep their tracebacks.
-    """
-
-    def filter(self, record) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], PrefcurateError):
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
 def _flow_console() -> None:
-    """Quiet library noise and drop tracebacks of expected errors from Prefect's console log."""
-    import logging
+    """Quiet library noise, drop tracebacks of expected errors from Prefect's console log, and
+    start the reaper that ends Prefect's ephemeral server should this command be killed."""
     import os
 
+    from prefcurate.flows.reaper import start_reaper
+
+    start_reaper()
     _quiet_libraries()
     # A loaded 2-core machine can take longer than Prefect's default 20 s to start the ephemeral API.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -208,8 +197,9 @@ def _flow_console() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     import prefect  # noqa: F401  (configures Prefect's logging)
 
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_NoExpectedTracebacks())
+    from prefcurate.tasks.common import quiet_expected_errors
+
+    quiet_expected_errors()
 
 
 def _load(model: type, config: str | None, sets: list[str] | None):

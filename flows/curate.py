@@ -20,7 +20,8 @@ from prefcurate.config import RunConfig, _Pipeline
 from prefcurate.data.stage import IngestOut
 from prefcurate.errors import SelectionError
 from prefcurate.evaluation.stage import GenerateOut
-from prefcurate.flows.runs import parent_run, task_runner, use_torch_threads
+from prefcurate.flows.runs import lease_owner, parent_run, task_runner, use_torch_threads
+from prefcurate.lease import run_lease
 from prefcurate.manifest import StageOutput, run_uri
 from prefcurate.preflight import preflight
 from prefcurate.reporting.stage import RegisterOut
@@ -29,6 +30,7 @@ from prefcurate.scoring.scores import shard_ranges
 from prefcurate.scoring.stage import GradientOut, ScoreOut
 from prefcurate.selection.stage import SelectOut
 from prefcurate.tasks.artifacts import PrefectProgress
+from prefcurate.tasks.common import wire_core_logging
 from prefcurate.tasks.evaluate import generate_stage, judge_stage
 from prefcurate.tasks.gradient import gradient_stage
 from prefcurate.tasks.ingest import ingest_stage
@@ -124,10 +126,11 @@ def score_and_select(config: _Pipeline, run: str, parent: RunHandle | None) -> C
 def curate(config: RunConfig) -> CurateResult:
     """Score a preference pool for an SFT model, keep the valuable pairs, train DPO on them and
     on the baselines, and measure every model's win rate against the reference."""
+    wire_core_logging()  # one-line errors in the run log, for runs a worker starts too
     preflight(config)
     run = run_uri(config.root, config.run_name)
     use_torch_threads(config.scaleout)
-    with parent_run("curate", config, config.tracking, run) as parent:
+    with run_lease(run, owner=lease_owner("curate")), parent_run("curate", config, config.tracking, run) as parent:
         done = score_and_select(config, run, parent)
         stages: dict[str, StageOutput] = done.as_dict()
         sel = done.select

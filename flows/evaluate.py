@@ -13,9 +13,11 @@ from pydantic import BaseModel
 
 from prefcurate.config import EvaluateConfig
 from prefcurate.evaluation.stage import GenerateOut, JudgeOut
-from prefcurate.flows.runs import parent_run
+from prefcurate.flows.runs import lease_owner, parent_run
+from prefcurate.lease import run_lease
 from prefcurate.manifest import FileRef, run_uri
 from prefcurate.preflight import preflight
+from prefcurate.tasks.common import wire_core_logging
 from prefcurate.tasks.evaluate import generate_stage, judge_stage
 from prefcurate.tracking import run_url
 
@@ -34,9 +36,10 @@ class EvaluateResult(BaseModel):
 @flow(name="evaluate")
 def evaluate(config: EvaluateConfig) -> EvaluateResult:
     """Win rates (and single scores) of every model against `evaluation.reference`."""
+    wire_core_logging()  # one-line errors in the run log, for runs a worker starts too
     preflight(config)
     run = run_uri(config.root, config.run_name)
-    with parent_run("evaluate", config, config.tracking, run) as parent:
+    with run_lease(run, owner=lease_owner("evaluate")), parent_run("evaluate", config, config.tracking, run) as parent:
         generated: dict[str, GenerateOut] = {}
         files: dict[str, FileRef] = {}
         prompts = FileRef.of(config.eval_prompts_uri) if config.eval_prompts_uri else None

@@ -14,9 +14,11 @@ from prefect import flow
 from prefcurate import io
 from prefcurate.config import NightlyConfig
 from prefcurate.flows.curate import SelectionResult, score_and_select
-from prefcurate.flows.runs import parent_run, use_torch_threads
+from prefcurate.flows.runs import lease_owner, parent_run, use_torch_threads
+from prefcurate.lease import run_lease
 from prefcurate.manifest import run_uri
 from prefcurate.preflight import preflight
+from prefcurate.tasks.common import wire_core_logging
 from prefcurate.tasks.select import publish_stage
 
 
@@ -31,9 +33,10 @@ def nightly(config: NightlyConfig) -> NightlyResult:
     """Score and select a (new) preference pool for an SFT model and publish the selection."""
     run = run_uri(config.root, config.run_name)
     config = config.model_copy(update={"publish_uri": config.publish_uri or io.join(run, "published")})
+    wire_core_logging()  # one-line errors in the run log, for runs a worker starts too
     preflight(config)
     use_torch_threads(config.scaleout)
-    with parent_run("nightly", config, config.tracking, run) as parent:
+    with run_lease(run, owner=lease_owner("nightly")), parent_run("nightly", config, config.tracking, run) as parent:
         done = score_and_select(config, run, parent)
         published = publish_stage(done.select, done.score, config, run, parent)
     return NightlyResult(

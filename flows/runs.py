@@ -40,6 +40,11 @@ def parent_run(flow_name: str, config: BaseModel, tracking: TrackingConfig, run:
     finish_run(handle)
 
 
+def lease_owner(flow_name: str) -> str:
+    """Who holds a run's lease, as the second run's error message shows it."""
+    return f"flow run {flow_run.name or '?'} ({flow_name}, id {flow_run.id or '?'})"
+
+
 def use_torch_threads(scaleout: ScaleOutConfig) -> None:
     """Apply `scaleout.torch_threads` to this process (torch's thread pool is process-wide)."""
     if scaleout.torch_threads:

@@ -17,7 +17,7 @@ from prefect.logging import get_run_logger
 from prefect.logging.configuration import ensure_logging_setup
 from prefect.tasks import exponential_backoff
 
-from prefcurate.errors import StorageError
+from prefcurate.errors import PrefcurateError, StorageError
 from prefcurate.manifest import StageOutput
 from prefcurate.stage import Hooks, Progress, StageSpec, run_stage
 from prefcurate.tasks.artifacts import PrefectProgress, publish_markdown, publish_table
@@ -60,6 +60,29 @@ class _RunLogForwarder(logging.Handler):
             self.target.handle(record)
 
 
+class OneLineErrors(logging.Filter):
+    """A `PrefcurateError` is logged as its one-line message, without its traceback.
+
+    Prefect logs a failed flow or task (and each retry) with the exception's traceback; for
+    errors prefcurate raises on purpose the message already says what is wrong and what to do,
+    so the traceback is noise. Bugs (any other exception) keep their tracebacks.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], PrefcurateError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_expected_errors() -> None:
+    """Put `OneLineErrors` on every log handler there is (console, Prefect's API handler, files)."""
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not any(isinstance(f, OneLineErrors) for f in handler.filters):
+                handler.addFilter(OneLineErrors())
+
+
 def wire_core_logging() -> logging.Logger | logging.LoggerAdapter:
     """Send the core's `prefcurate.*` log lines to the Prefect run log (UI) as well as the console.
 
@@ -68,6 +91,7 @@ def wire_core_logging() -> logging.Logger | logging.LoggerAdapter:
     task's `.fn` is called outside a run).
     """
     ensure_logging_setup()
+    quiet_expected_errors()
     core = logging.getLogger(CORE_LOGGER)
     core.setLevel(logging.INFO)
     wired = {h.target for h in core.handlers if isinstance(h, _RunLogForwarder)}

@@ -81,3 +81,37 @@ def test_killed_twice_then_resumed_matches_uninterrupted_run(curated, toy_world,
                                   pd.read_parquet(ref / "selection" / "selection.parquet")[["pair_id"]])
     for stage in ("ingest", "reference"):
         assert final[stage].digest == _manifests(ref)[stage].digest, stage
+
+    # 4. corrupt outputs of every kind: a rerun recomputes exactly the stages whose outputs failed
+    #    their check — and nothing downstream, since the recomputed bytes are the same
+    (run / "scores" / "scores.parquet").write_bytes((run / "scores" / "scores.parquet").read_bytes()[:100])
+    weights = run / "models" / "final" / "random" / "model.safetensors"
+    weights.write_bytes(os.urandom(weights.stat().st_size))
+    (run / "selection" / "agreement.json").write_text('{"not": "the report"}')
+    tokenizer = run / "models" / "warmup" / "tokenizer.json"
+    tokenizer.write_bytes(tokenizer.read_bytes()[:-10])
+    proc = _start(config_file, prefect_harness, log)
+    assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    repaired = _manifests(run)
+    redone = {s for s, m in repaired.items() if m.meta.created_at != final[s].meta.created_at}
+    assert redone == {"score", "select", "final-random", "warmup"}, redone
+    text = log.read_text()
+    for output in ("scores", "agreement", "model"):
+        assert f"output {output} (" in text and "failed its check" in text, output
+    for stage, output in repaired.items():
+        assert all(ref.problem() is None for _, ref in output.file_refs()), stage
+        assert output.digest == final[stage].digest, stage  # recomputed to the same content
+    pd.testing.assert_frame_equal(pd.read_parquet(run / "scores" / "scores.parquet"),
+                                  pd.read_parquet(ref / "scores" / "scores.parquet"), check_exact=True)
+
+    # 5. only the defect labels change: the selection stage reruns (its agreement report counts
+    #    defects) and the report with it; no model is retrained
+    defects = pd.read_parquet(toy_world.defects_parquet)
+    edited = tmp_path / "defects-edited.parquet"
+    defects.iloc[1:].to_parquet(edited)
+    config_file.write_text(yaml.safe_dump({**config, "defects_uri": str(edited)}))
+    proc = _start(config_file, prefect_harness, log)
+    assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    relabelled = _manifests(run)
+    redone = {s for s, m in relabelled.items() if m.meta.created_at != repaired[s].meta.created_at}
+    assert redone == {"select", "report"}, redone
