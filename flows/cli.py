@@ -284,7 +284,7 @@ def nightly(
 
     result = _run_flow(nightly_flow, cfg)
     typer.echo(f"\nSelection ({result.rule}): kept {result.n_kept} of {result.n_pool} pairs ({result.kept_fraction:.1%})")
-    typer.echo(f"Published to {result.publish_uri}")
+    typer.echo(f"Published {result.n_kept} pairs to {result.dataset_uri} ({result.publish_uri}/latest points at it)")
     typer.echo(f"\n{result.agreement_text.rstrip()}\n\nRun root:   {result.run_uri}\nMLflow run: {result.mlflow_url}")
 
 

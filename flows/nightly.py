@@ -2,9 +2,9 @@
 
 No final models are trained. Scoring still needs θ (warm-up) and θ_val (validation model):
 they are trained as part of scoring, from the SFT model given in the config, exactly as in
-`curate`; their manifests make a rerun on unchanged data skip them. The published
-selection (selection.parquet/json, agreement.json, scores.parquet) is what a downstream
-training job reads.
+`curate`; their manifests make a rerun on unchanged data skip them. What a downstream
+training job reads is `<publish_uri>/latest` → `<publish_uri>/<version>/`: the kept pairs as a
+dataset `datasets.load_dataset` and TRL's DPOTrainer take as they are, with its dataset card.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ class NightlyResult(SelectionResult):
     """What a finished `nightly` run hands back: the selection and where it was published."""
 
     publish_uri: str
+    dataset_uri: str
 
 
 @flow(name="nightly-curation")
@@ -38,9 +39,10 @@ def nightly(config: NightlyConfig) -> NightlyResult:
     use_torch_threads(config.scaleout)
     with run_lease(run, owner=lease_owner("nightly")), parent_run("nightly", config, config.tracking, run) as parent:
         done = score_and_select(config, run, parent)
-        published = publish_stage(done.select, done.score, config, run, parent)
+        published = publish_stage(vars(done), config, run, parent)
     return NightlyResult(
         **SelectionResult.fields(run, parent, done),
         publish_uri=published.publish_uri,
+        dataset_uri=published.dataset_uri,
         stages={**done.as_dict(), "publish": published},
     )

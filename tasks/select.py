@@ -20,6 +20,7 @@ def select_stage(score: ScoreOut, config: Any, run: str, tracking: RunHandle | N
 
 
 @task(name="publish-selection", cache_policy=NONE, timeout_seconds=1800, **IO_RETRIES)
-def publish_stage(select: SelectOut, score: ScoreOut, config: Any, run: str, tracking: RunHandle | None = None) -> PublishOut:
-    """The selection, its agreement report and the scores copied to `config.publish_uri`, verified."""
-    return run_spec(PUBLISH, run, config, inputs={"select": select, "score": score}, tracking=tracking)
+def publish_stage(done: dict[str, Any], config: Any, run: str, tracking: RunHandle | None = None) -> PublishOut:
+    """The kept pairs as a versioned, train-ready dataset under `config.publish_uri` (see PUBLISH)."""
+    inputs = {k: done[k] for k in ("select", "score", "ingest", "warmup", "val", "gradient")}
+    return run_spec(PUBLISH, run, config, inputs=inputs, tracking=tracking)

@@ -12,13 +12,16 @@ import logging
 from typing import Any, Mapping
 
 from prefcurate import io
+from prefcurate.data.pairs import read_pairs
+from prefcurate.data.stage import IngestOut
 from prefcurate.errors import SelectionError
 from prefcurate.manifest import FileRef, StageOutput
-from prefcurate.scoring.stage import ScoreOut
-from prefcurate.selection import agreement
+from prefcurate.scoring.stage import GradientOut, ScoreOut
+from prefcurate.selection import agreement, publish
 from prefcurate.selection.rules import RULES, select
-from prefcurate.selection.selection import SELECTION_JSON, SELECTION_PARQUET, Selection, write_selection
+from prefcurate.selection.selection import SELECTION_JSON, SELECTION_PARQUET, Selection, read_selection, write_selection
 from prefcurate.stage import StageContext, StageSpec
+from prefcurate.training.stage import ModelOut
 
 log = logging.getLogger("prefcurate.selection")
 
@@ -115,30 +118,48 @@ class PublishOut(StageOutput):
     """What was published, re-read and verified after the copy."""
 
     publish_uri: str
+    version: str
+    dataset_uri: str
     files: dict[str, FileRef]
     n_kept: int
 
 
-def _publish(ctx: StageContext, select: SelectOut, score: ScoreOut) -> PublishOut:
-    """Copy the selection, its agreement report and the scores to `publish_uri`.
+def _publish(ctx: StageContext, select: SelectOut, score: ScoreOut, ingest: IngestOut, warmup: ModelOut, val: ModelOut,
+             gradient: GradientOut | None) -> PublishOut:
+    """A versioned dataset that trains as is: `<publish_uri>/<version>/` holds the kept pairs in
+    TRL's explicit-prompt schema with their scores, a dataset card `datasets` reads, the selection,
+    its agreement report and the pool's scores; `<publish_uri>/latest` names it, written last.
 
-    Files are written one by one atomically and `selection.json` last, so a consumer that
-    sees selection.json sees a whole selection; each copy is verified against its source's hash.
+    The version is content-addressed (the selection and the scoring bundle), so republishing the
+    same selection rewrites the same version; each copy is verified against its source's hash.
     """
     target = ctx.config.publish_uri
+    bundle = {"sft": ingest.sft_fingerprint, "warmup": warmup.fingerprint, "val": val.fingerprint,
+              "gradient": gradient.gradient.sha256 if gradient is not None else None}
+    version = f"v-{io.sha256_json([select.selection.sha256, score.scores.sha256, bundle])[:12]}"
+    root = io.join(target, version)
+    pairs = publish.kept_pairs(read_pairs(ingest.train.uri), io.read_parquet(io.join(select.selection.uri, SELECTION_PARQUET)),
+                               io.read_parquet(score.scores.uri))
+    files = {"dataset": FileRef.of(io.write_parquet(io.join(root, publish.DATA_FILE), pairs))}
     sources = {
         "scores": (score.scores.uri, score.scores.sha256, "scores.parquet"),
         "agreement": (select.agreement.uri, select.agreement.sha256, agreement.AGREEMENT_JSON),
-        "selection": (io.join(select.selection.uri, SELECTION_PARQUET), select.selection.files[SELECTION_PARQUET], SELECTION_PARQUET),
         "selection_json": (io.join(select.selection.uri, SELECTION_JSON), select.selection.files[SELECTION_JSON], SELECTION_JSON),
     }
-    files = {}
     for name, (src, digest, dest) in sources.items():
-        copied = FileRef.of(io.write_bytes(io.join(target, dest), io.read_bytes(src)))
+        copied = FileRef.of(io.write_bytes(io.join(root, dest), io.read_bytes(src)))
         if copied.sha256 != digest:
             raise SelectionError(f"published {copied.uri} does not match its source {src} (sha256 differs); publish again")
         files[name] = copied
-    return PublishOut(publish_uri=target, files=files, n_kept=select.n_kept)
+    selection = read_selection(select.selection.uri)
+    card = publish.dataset_card(pairs, selection=selection, bundle=bundle, version=version, model_uri=ingest.sft.uri,
+                                n_pool=select.n_pool)
+    files["card"] = FileRef.of(io.write_text(io.join(root, "README.md"), card))
+    files["latest"] = FileRef.of(io.write_text(io.join(target, publish.LATEST), version + "\n"))  # last: the pointer
+    ctx.hooks.markdown("published-dataset", f"Published **{len(pairs)}** pairs (`{selection.rule}`) to `{root}`; "
+                       f"`{io.join(target, publish.LATEST)}` points at `{version}`.", description="Published selection")
+    ctx.metrics({"published.pairs": len(pairs)})
+    return PublishOut(publish_uri=target, version=version, dataset_uri=root, files=files, n_kept=select.n_kept)
 
 
 PUBLISH = StageSpec("publish", PublishOut, _publish, reads=("publish_uri",))

@@ -10,7 +10,7 @@ from prefcurate.config import DataSource, ModelSource, NightlyConfig, SelectionC
 from prefcurate.manifest import FileRef, manifest_uri, read_manifest
 from prefcurate.scoring.stage import ScoreOut
 from prefcurate.selection.stage import SelectOut
-from prefcurate.tasks.select import publish_stage, select_stage
+from prefcurate.tasks.select import select_stage
 
 
 def _scores(n: int = 200, seed: int = 0) -> pd.DataFrame:
@@ -62,17 +62,3 @@ def test_select_resumes_and_reruns_on_new_scores_or_config(tmp_path):
     assert other.meta.created_at > first.meta.created_at and other.n_kept < first.n_kept
     score2 = _score(run, _scores(seed=1))
     assert select_stage.fn(score2, _config(SelectionConfig(band=(20, 80))), run).meta.created_at > other.meta.created_at
-
-
-def test_publish_copies_selection_last_and_skips_when_done(tmp_path):
-    run = str(tmp_path / "run")
-    score = _score(run, _scores())
-    sel = select_stage.fn(score, _config(SelectionConfig()), run)
-    target = str(tmp_path / "published")
-    config = _config(SelectionConfig(), publish_uri=target)
-    pub = publish_stage.fn(sel, score, config, run)
-    for name in ("selection.parquet", "selection.json", "agreement.json", "scores.parquet"):
-        assert (tmp_path / "published" / name).exists()
-    assert io.read_bytes(io.join(target, "selection.parquet")) == io.read_bytes(io.join(sel.selection.uri, "selection.parquet"))
-    assert pub.files["scores"].sha256 == score.scores.sha256
-    assert publish_stage.fn(sel, score, config, run).meta.created_at == pub.meta.created_at
