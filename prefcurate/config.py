@@ -142,6 +142,13 @@ class EvaluationConfig(Section):
         "any selection rule (DPO on what it keeps; top-k rules at the selection's size).",
     )
     reference: str = Field(default="sft", description="The model every other model is compared against.")
+    max_failed_fraction: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Largest share of judgments (pairwise and single) that may fail or be unparseable: above it the "
+        "evaluation is incomplete and `prefcurate evaluate`/`curate` exit with code 3 after printing the leaderboard.",
+    )
 
 
 class TrackingConfig(Section):
