@@ -25,6 +25,7 @@ BROKEN_BODIES = {
     "logprobs_string": (200, "application/json", b'{"choices": [{"message": {"content": "M"}, "logprobs": "M"}]}'),
     "html": (200, "text/html", HTML),
     "html_502": (502, "text/html", HTML),
+    "huge": (200, "application/json", b" " * ((1 << 20) + 1)),
 }
 
 

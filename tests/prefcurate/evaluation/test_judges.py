@@ -218,6 +218,7 @@ MALFORMED = {
     "html_502": (FAILED, "http_error"),
     "hang": (FAILED, "timeout"),
     "trickle": (FAILED, "timeout"),
+    "huge": (FAILED, "too_large"),
 }
 
 
@@ -251,6 +252,14 @@ def test_openai_reasons_say_what_was_wrong(endpoint):
     for mode, text in expected.items():
         endpoint.mode = mode
         assert text in judge.pairwise_verdicts(ITEMS[:1])[0].detail, mode
+
+
+def test_openai_unreachable_endpoint_counts_as_failed(endpoint):
+    judge = make_judge(_config(endpoint, max_retries=1), None)
+    endpoint.close()  # connection refused from now on
+    verdict = judge.pairwise_verdicts(ITEMS[:1])[0]
+    assert (verdict.status, verdict.reason) == (FAILED, "transport")
+    assert verdict.detail == "the request failed: ConnectError (gave up after 2 attempts)"
 
 
 def test_openai_echoed_key_is_masked_everywhere(endpoint, tmp_path, caplog):
