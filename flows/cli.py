@@ -1,17 +1,22 @@
 """The `prefcurate` command.
 
 Every command turns a `PrefcurateError` into one line on stderr and exit code 2: a user
-sees what is wrong and what to do, never a traceback.
+sees what is wrong and what to do, never a traceback. `evaluate`, `curate` and `demo` exit
+with code 3 (EXIT_INCOMPLETE), after printing the leaderboard, when more than
+`evaluation.max_failed_fraction` of the judgments gave no verdict: CI fails on a dead judge.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import typer
 
 from prefcurate.errors import PrefcurateError
+
+if TYPE_CHECKING:
+    from prefcurate.evaluation.stage import JudgeOut
 
 app = typer.Typer(
     name="prefcurate",
@@ -21,6 +26,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+EXIT_INCOMPLETE = 3  # the leaderboard is printed, but too many judgments gave no verdict
 
 
 def fail(message: str) -> None:
@@ -241,6 +249,7 @@ def demo(
     _flow_console()
     from pathlib import Path
 
+    from prefcurate.config import EvaluationConfig
     from prefcurate.flows.curate import render
     from prefcurate.flows.demo import run_demo
 
@@ -250,6 +259,7 @@ def demo(
     except PrefcurateError as exc:
         fail(str(exc))
     typer.echo("\n" + render(result, f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"))
+    _check_judgments(result.stages.get("judge"), EvaluationConfig().max_failed_fraction)  # the demo's evaluation config
 
 
 @app.command()
@@ -266,7 +276,9 @@ def curate(
     from prefcurate.flows.curate import curate as curate_flow
     from prefcurate.flows.curate import render
 
-    typer.echo("\n" + render(_run_flow(curate_flow, cfg), cfg.tracking.tracking_uri))
+    result = _run_flow(curate_flow, cfg)
+    typer.echo("\n" + render(result, cfg.tracking.tracking_uri))
+    _check_judgments(result.stages.get("judge"), cfg.evaluation.max_failed_fraction)
 
 
 @app.command()
@@ -320,13 +332,28 @@ def evaluate(
     typer.echo(f"\nWin rate % against {result.reference} ({result.judge} judge; ± standard error)")
     for row in result.leaderboard:
         typer.echo(f"  {row['model']:<16} {_number(row.get('win_rate'), 6)} ± {_number(row.get('standard_error'), 4)}"
-                   f"   n={int(row.get('n_total') or 0)}")
+                   f"   n={int(row.get('n_total') or 0)}, no verdict {int(row.get('n_rejected') or 0)}")
     typer.echo(f"\nRun root:   {result.run_uri}\nMLflow run: {result.mlflow_url}")
+    _check_judgments(result.judged, cfg.evaluation.max_failed_fraction)
 
 
 def _number(value: object, width: int) -> str:
     """A one-decimal number, or '-' where a model got no verdict (the leaderboard keeps its row)."""
     return f"{'-':>{width}}" if value is None else f"{float(value):{width}.1f}"
+
+
+def _check_judgments(judged: JudgeOut | None, max_failed_fraction: float) -> None:
+    """Say how many judgments gave no verdict and why; exit EXIT_INCOMPLETE when that is more than allowed."""
+    if judged is None or not (judged.failed or judged.unparseable):
+        return
+    total = judged.judged + judged.cached + judged.failed + judged.unparseable
+    why = ", ".join(f"{reason} {n}" for reason, n in sorted(judged.reasons.items()))
+    typer.echo(f"\nJudgments: {judged.failed + judged.unparseable} of {total} gave no verdict ({judged.failed_fraction:.1%}; "
+               f"{why}); each reason is in annotations.json, the counts in {judged.judge_stats.uri}")
+    if judged.failed_fraction > max_failed_fraction:
+        typer.echo(f"error: {judged.failed_fraction:.1%} of the judgments gave no verdict, more than "
+                   f"evaluation.max_failed_fraction={max_failed_fraction:g}: the evaluation is incomplete", err=True)
+        raise typer.Exit(code=EXIT_INCOMPLETE)
 
 
 @app.command()

@@ -139,7 +139,7 @@ class JudgeConfig(Section):
     api_key_env: str = Field(default="OPENAI_API_KEY", description="Environment variable holding the API key (never logged).")
     max_concurrency: int = Field(default=4, ge=1, description="Parallel requests to the endpoint.")
     max_retries: int = Field(default=5, ge=0, description="Retries with backoff on 429/5xx.")
-    timeout_s: float = Field(default=60.0, gt=0.0, description="Per-request timeout in seconds.")
+    timeout_s: float = Field(default=60.0, gt=0.0, description="Timeout of one request in seconds: for each read, and for the whole reply body (one that trickles in times out too); retried like a 5xx.")
     retry_backoff_s: float = Field(default=1.0, ge=0.0, description="First retry delay in seconds; doubles each retry (a Retry-After header wins, up to 60 s).")
     logprobs: bool = Field(default=True, description="Ask the endpoint for token log-probs (a soft pairwise verdict); off for endpoints that reject the parameter.")
     max_tokens: int = Field(default=512, ge=1, description="Token budget of a single-answer grading reply (explanation + [[rating]]).")
@@ -157,6 +157,13 @@ class EvaluationConfig(Section):
         "any selection rule (DPO on what it keeps; top-k rules at the selection's size).",
     )
     reference: str = Field(default="sft", description="The model every other model is compared against.")
+    max_failed_fraction: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Largest share of judgments (pairwise and single) that may fail or be unparseable: above it the "
+        "evaluation is incomplete and `prefcurate evaluate`/`curate` exit with code 3 after printing the leaderboard.",
+    )
 
 
 class TrackingConfig(Section):

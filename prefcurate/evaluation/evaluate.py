@@ -5,7 +5,7 @@ AlpacaEval files and the leaderboard.
     <out>/<model>/annotations.json     pairwise verdicts vs the reference (+ 1–10 grades)
     <out>/<model>/leaderboard.csv      that model's row
     <out>/leaderboard.csv              every model, the reference included
-    <out>/judge.json                   who judged, and how many judgments failed
+    <out>/judge.json                   who judged; how many judgments failed or were unparseable, by reason
 
 The reference is compared with itself by construction (identical answers tie, win rate 50),
 without asking the judge.
@@ -23,7 +23,7 @@ from prefcurate.config import GenerationConfig
 from prefcurate.errors import DataError
 from prefcurate.evaluation import metrics
 from prefcurate.evaluation.generation import generate, read_model_outputs, write_model_outputs
-from prefcurate.evaluation.judges.base import Judge
+from prefcurate.evaluation.judges.base import OK, Judge, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +112,13 @@ def judge_outputs(
         ]
         report = (lambda done, total, n=name: progress(f"judge {n}", done, total)) if progress else None
         if name == reference:
-            preferences: list[float | None] = [1.5] * len(pairs)  # identical answers tie
+            verdicts = [Verdict(1.5)] * len(pairs)  # identical answers tie
         else:
-            preferences = judge.pairwise_many(pairs, progress=report)
-        scores = None
+            verdicts = judge.pairwise_verdicts(pairs, progress=report)
+        grades = None
         if single_score:
             grade = (lambda done, total, n=name: progress(f"grade {n}", done, total)) if progress else None
-            scores = judge.single_many([(r["instruction"], r["output"]) for r in model_rows], progress=grade)
+            grades = judge.single_verdicts([(r["instruction"], r["output"]) for r in model_rows], progress=grade)
         annotations = [
             {
                 "instruction": instruction,
@@ -128,27 +128,38 @@ def judge_outputs(
                 "generator_2": name,
                 "sample": r.get("sample", 0),
                 "annotator": judge.name if name != reference else "identical",
-                "preference": pref,
-                **({"score_2": score} if scores is not None else {}),
+                "preference": verdict.value,
+                **_status("verdict", verdict),
+                **({"score_2": _grade(g), **_status("score", g)} if g is not None else {}),
             }
-            for (instruction, ref_out, out), r, pref, score in zip(
-                pairs, model_rows, preferences, scores if scores is not None else [None] * len(pairs)
-            )
+            for (instruction, ref_out, out), r, verdict, g in zip(pairs, model_rows, verdicts, grades or [None] * len(pairs))
         ]
+        scores = [_grade(g) for g in grades] if grades is not None else None
         metrics.write_annotations(annotations, io.join(out_uri, name, "annotations.json"))
         rows[name] = metrics.leaderboard_row(annotations, scores)
         metrics.write_leaderboard(metrics.leaderboard({name: rows[name]}), io.join(out_uri, name, "leaderboard.csv"))
     board = metrics.leaderboard(rows)
     metrics.write_leaderboard(board, io.join(out_uri, "leaderboard.csv"))
-    io.write_json(io.join(out_uri, "judge.json"), {"judge": judge.name, "reference": reference, **judge.stats.to_dict()})
-    if judge.stats.failed or judge.stats.unparseable:
+    stats = judge.stats
+    io.write_json(io.join(out_uri, "judge.json"), {"judge": judge.name, "reference": reference, **stats.to_dict()})
+    if stats.failed or stats.unparseable:
         log.warning(
-            "judge %s: %d judgments failed and %d were unparseable; they are counted in n_rejected / n_unscored",
-            judge.name,
-            judge.stats.failed,
-            judge.stats.unparseable,
+            "judge %s: %d judgments failed and %d were unparseable (%s); they are counted in n_rejected / n_unscored, "
+            "each with its reason in annotations.json",
+            judge.name, stats.failed, stats.unparseable, ", ".join(f"{k} {n}" for k, n in stats.reasons.items()),
         )
     return board
+
+
+def _status(prefix: str, verdict: Verdict) -> dict[str, str | None]:
+    """`<prefix>_status` (ok, failed, unparseable) and `<prefix>_reason` ("code: detail", None when ok)."""
+    reason = f"{verdict.reason}: {verdict.detail}" if verdict.status != OK else None
+    return {f"{prefix}_status": verdict.status, f"{prefix}_reason": reason}
+
+
+def _grade(verdict: Verdict) -> float:
+    """A 1–10 grade as MT-Bench writes it: −1 when there is none."""
+    return verdict.value if verdict.value is not None else -1.0
 
 
 def _load(source: ModelLike) -> tuple[Any, Any]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from pydantic import Field
+
 from prefcurate import io
 from prefcurate.checkpoint import inspect_checkpoint, load_checkpoint
 from prefcurate.config import ModelSource
@@ -75,6 +77,9 @@ class JudgeOut(StageOutput):
     judged: int
     failed: int
     unparseable: int
+    cached: int = 0
+    failed_fraction: float = Field(0.0, description="Share of the judgments that gave no verdict (failed or unparseable).")
+    reasons: dict[str, int] = Field(default_factory=dict, description="Judgments without a verdict by reason code.")
 
     def leaderboard_records(self) -> list[dict[str, Any]]:
         return leaderboard_records(read_leaderboard(self.leaderboard.uri))
@@ -97,15 +102,17 @@ def _judge(ctx: StageContext, outputs: Mapping[str, FileRef]) -> JudgeOut:
     ctx.hooks.table("leaderboard", records, description=f"Win rate against `{evaluation.reference}` ({judge.name} judge).")
     ctx.metrics({f"{column}.{row['model']}": row.get(column) for row in records
                  for column in ("win_rate", "standard_error", "length_controlled_winrate", "single_score", "discrete_win_rate")})
-    ctx.metrics({"rows.models": len(records), "rows.judged": judge.stats.judged, "rows.failed": judge.stats.failed})
+    stats = judge.stats
+    ctx.metrics({"rows.models": len(records), "rows.judged": stats.judged, "rows.cached": stats.cached,
+                 "rows.failed": stats.failed, "rows.unparseable": stats.unparseable, "failed_fraction": stats.failed_fraction})
     ctx.artifact(io.join(out_uri, "leaderboard.csv"), "eval/leaderboard.csv")
     for name in outputs:
         ctx.artifact(io.join(out_uri, name, "annotations.json"), f"eval/{name}/annotations.json")
     return JudgeOut(
         leaderboard=FileRef.of(io.join(out_uri, "leaderboard.csv")), judge_stats=FileRef.of(io.join(out_uri, "judge.json")),
         annotations={n: FileRef.of(io.join(out_uri, n, "annotations.json")) for n in outputs},
-        reference=evaluation.reference, judge=judge.name, models=len(records), judged=judge.stats.judged,
-        failed=judge.stats.failed, unparseable=judge.stats.unparseable,
+        reference=evaluation.reference, judge=judge.name, models=len(records), judged=stats.judged, cached=stats.cached,
+        failed=stats.failed, unparseable=stats.unparseable, failed_fraction=stats.failed_fraction, reasons=stats.reasons,
     )
 
 

@@ -4,7 +4,7 @@ Preferences use AlpacaEval's scale: a float in [1, 2], 2 when the second output 
 1.5 for a tie, None when no verdict could be had. Single grades use MT-Bench's 1–10 scale,
 −1 when unparseable. Every verdict is cached under a content hash of (judge identity, mode,
 instruction, outputs), so rerunning an evaluation costs nothing; failed and unparseable
-judgments are counted in `Judge.stats` and never cached, so a rerun retries them.
+judgments are counted in `Judge.stats` with their reason and never cached, so a rerun retries them.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import logging
 import os
 import threading
 from abc import ABC, abstractmethod
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
@@ -27,17 +28,48 @@ Progress = Callable[[int, int], None]
 OK, UNPARSEABLE, FAILED = "ok", "unparseable", "failed"
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """One judgment. `status` is OK, UNPARSEABLE (a reply that names no verdict) or FAILED (no
+    usable reply); `reason` is a short code and `detail` says what went wrong, both empty when OK.
+    `raw` is the judge's own reply, kept in the cache. Nothing here holds a secret."""
+
+    value: float | None
+    status: str = OK
+    raw: str = ""
+    reason: str = ""
+    detail: str = ""
+
+
 @dataclass
 class JudgeStats:
-    """What a judge did: fresh verdicts, cache hits, and the judgments that produced nothing."""
+    """What a judge did: fresh verdicts, cache hits, the judgments that produced nothing and why."""
 
     judged: int = 0
     cached: int = 0
     unparseable: int = 0
     failed: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)  # reason code → judgments without a verdict
 
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+    def add(self, verdict: Verdict) -> None:
+        if verdict.status == OK:
+            self.judged += 1
+            return
+        if verdict.status == UNPARSEABLE:
+            self.unparseable += 1
+        else:
+            self.failed += 1
+        self.reasons[verdict.reason] = self.reasons.get(verdict.reason, 0) + 1
+
+    @property
+    def failed_fraction(self) -> float:
+        """The share of all judgments (fresh, cached, failed, unparseable) that gave no verdict; 0 when none were made."""
+        total = self.judged + self.cached + self.unparseable + self.failed
+        return (self.unparseable + self.failed) / total if total else 0.0
+
+    def to_dict(self) -> dict:
+        return {"judged": self.judged, "cached": self.cached, "unparseable": self.unparseable, "failed": self.failed,
+                "failed_fraction": self.failed_fraction, "reasons": dict(sorted(self.reasons.items()))}
 
 
 class Judge(ABC):
@@ -87,21 +119,28 @@ class Judge(ABC):
         return self.single_many([(instruction, output)])[0]
 
     def pairwise_many(self, items: Sequence[tuple[str, str, str]], progress: Progress | None = None) -> list[float | None]:
-        return self._run("pairwise", list(items), self._pairwise, progress)
+        return [v.value for v in self.pairwise_verdicts(items, progress)]
 
     def single_many(self, items: Sequence[tuple[str, str]], progress: Progress | None = None) -> list[float]:
-        values = self._run("single", list(items), self._single, progress)
-        return [v if v is not None else -1.0 for v in values]
+        return [v.value if v.value is not None else -1.0 for v in self.single_verdicts(items, progress)]
+
+    def pairwise_verdicts(self, items: Sequence[tuple[str, str, str]], progress: Progress | None = None) -> list[Verdict]:
+        """Like `pairwise_many`, with each judgment's status and reason."""
+        return self._run("pairwise", list(items), self._pairwise, progress)
+
+    def single_verdicts(self, items: Sequence[tuple[str, str]], progress: Progress | None = None) -> list[Verdict]:
+        """Like `single_many` (value None where it gives −1), with each judgment's status and reason."""
+        return self._run("single", list(items), self._single, progress)
 
     # -- implementations ----------------------------------------------------------------------
 
     @abstractmethod
-    def _pairwise(self, items: list[tuple[str, str, str]]) -> list[tuple[float | None, str, str]]:
-        """(value, status, raw verdict) per item; status is OK, UNPARSEABLE or FAILED."""
+    def _pairwise(self, items: list[tuple[str, str, str]]) -> list[Verdict]:
+        """One Verdict per item."""
 
     @abstractmethod
-    def _single(self, items: list[tuple[str, str]]) -> list[tuple[float | None, str, str]]:
-        """(value, status, raw verdict) per item."""
+    def _single(self, items: list[tuple[str, str]]) -> list[Verdict]:
+        """One Verdict per item."""
 
     def _batches(self, items: list) -> list[list]:
         """How uncached items are handed to the implementation (one at a time by default)."""
@@ -117,13 +156,14 @@ class Judge(ABC):
             return None
         return io.join(self.cache_dir, key[:2], f"{key}.json")
 
-    def _run(self, mode: str, items: list[tuple], compute, progress: Progress | None) -> list[float | None]:
-        results: list[float | None] = [None] * len(items)
+    def _run(self, mode: str, items: list[tuple], compute, progress: Progress | None) -> list[Verdict]:
+        results: list[Verdict] = [None] * len(items)  # type: ignore[list-item]  (filled below)
         todo: list[int] = []
         for i, item in enumerate(items):
             uri = self._cache_uri(self._key(mode, item))
             if uri is not None and io.exists(uri):
-                results[i] = io.read_json(uri)["value"]
+                cached = io.read_json(uri)
+                results[i] = Verdict(cached["value"], OK, cached.get("raw", ""))
                 self.stats.cached += 1
             else:
                 todo.append(i)
@@ -133,19 +173,14 @@ class Judge(ABC):
         def work(batch_idx: list[int]) -> None:
             nonlocal done
             verdicts = compute([items[i] for i in batch_idx])
-            for i, (value, status, raw) in zip(batch_idx, verdicts):
-                results[i] = value
-                uri = self._cache_uri(self._key(mode, items[i])) if status == OK else None
+            for i, verdict in zip(batch_idx, verdicts):
+                results[i] = verdict
+                uri = self._cache_uri(self._key(mode, items[i])) if verdict.status == OK else None
                 if uri is not None:
-                    io.write_json(uri, {"value": value, "mode": mode, "judge": self.name, "raw": raw})
+                    io.write_json(uri, {"value": verdict.value, "mode": mode, "judge": self.name, "raw": verdict.raw})
             with self._lock:
-                for _, status, _ in verdicts:
-                    if status == OK:
-                        self.stats.judged += 1
-                    elif status == UNPARSEABLE:
-                        self.stats.unparseable += 1
-                    else:
-                        self.stats.failed += 1
+                for verdict in verdicts:
+                    self.stats.add(verdict)
                 done += len(batch_idx)
                 bar.update(len(batch_idx))
                 if progress is not None:
@@ -161,7 +196,14 @@ class Judge(ABC):
                     work(batch)
         finally:
             bar.close()
-        bad = sum(1 for v in results if v is None)
-        if bad:
-            log.warning("%s judge: %d of %d %s judgments gave no verdict", self.name, bad, len(items), mode)
-        return results
+        _warn_missing(self.name, mode, results)
+        return results  # every slot is filled once the batches are done
+
+
+def _warn_missing(judge: str, mode: str, verdicts: list[Verdict]) -> None:
+    """One warning line for the judgments of a batch that gave no verdict: how many, why, one example."""
+    bad = [v for v in verdicts if v.status != OK]
+    if bad:
+        why = ", ".join(f"{reason} {n}" for reason, n in Counter(v.reason for v in bad).most_common())
+        log.warning("%s judge: %d of %d %s judgments gave no verdict (%s); e.g. %s", judge, len(bad), len(verdicts), mode,
+                    why, bad[0].detail)

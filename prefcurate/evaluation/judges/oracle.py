@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from prefcurate.errors import JudgeError
-from prefcurate.evaluation.judges.base import OK, Judge
+from prefcurate.evaluation.judges.base import Judge, Verdict
 
 
 class OracleJudge(Judge):
@@ -35,12 +35,12 @@ class OracleJudge(Judge):
         out = []
         for instruction, output_1, output_2 in items:
             q1, q2 = self._quality(instruction, output_1), self._quality(instruction, output_2)
-            out.append((1.5 if q1 == q2 else 2.0 if q2 > q1 else 1.0, OK, f"{q1} vs {q2}"))
+            out.append(Verdict(1.5 if q1 == q2 else 2.0 if q2 > q1 else 1.0, raw=f"{q1} vs {q2}"))
         return out
 
     def _single(self, items):
         out = []
         for instruction, output in items:
             q = self._quality(instruction, output)
-            out.append((1.0 + 9.0 * q, OK, str(q)))
+            out.append(Verdict(1.0 + 9.0 * q, raw=str(q)))
         return out

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from prefcurate.errors import ConfigError, JudgeError
-from prefcurate.evaluation.judges.base import OK, Judge
+from prefcurate.evaluation.judges.base import Judge, Verdict
 
 
 class RewardModelJudge(Judge):
@@ -82,11 +82,11 @@ class RewardModelJudge(Judge):
         out = []
         for k in range(len(items)):
             r1, r2 = rewards[2 * k], rewards[2 * k + 1]
-            out.append((1.0 + _sigmoid(r2 - r1), OK, f"{r1} vs {r2}"))
+            out.append(Verdict(1.0 + _sigmoid(r2 - r1), raw=f"{r1} vs {r2}"))
         return out
 
     def _single(self, items):
-        return [(1.0 + 9.0 * _sigmoid(r), OK, str(r)) for r in self.rewards(items)]
+        return [Verdict(1.0 + 9.0 * _sigmoid(r), raw=str(r)) for r in self.rewards(items)]
 
 
 def _sigmoid(x: float) -> float:

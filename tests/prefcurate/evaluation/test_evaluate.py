@@ -9,7 +9,9 @@ from prefcurate.config import GenerationConfig, JudgeConfig
 from prefcurate.errors import DataError
 from prefcurate.evaluation.evaluate import evaluate, evaluate_output_files
 from prefcurate.evaluation.judges import make_judge
+from prefcurate.evaluation.metrics import leaderboard_records
 from prefcurate.toyworld.task import quality
+from tests.prefcurate.evaluation.fake_openai import FakeEndpoint
 from tests.prefcurate.evaluation.test_generation import quick_lm
 
 INSTRUCTIONS = ["repeat apple two", "please repeat river three", "repeat stone one", "now repeat tiger four",
@@ -138,3 +140,55 @@ def test_evaluate_output_files_to_s3(tmp_path, s3_bucket):
     pd.testing.assert_frame_equal(on_s3, board, check_dtype=False)
     assert len(io.read_json(f"{out}/new/annotations.json")) == 4
     assert io.read_json(f"{out}/ref/model_outputs.json")[0]["output"] == "apple done"
+
+
+@pytest.fixture
+def broken_endpoint(monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", "sk-evaluate-test-key")
+    server = FakeEndpoint()
+    yield server
+    server.close()
+
+
+def _openai(endpoint, **kw):
+    return make_judge(JudgeConfig(kind="openai", base_url=endpoint.url, model="judge-1", api_key_env="JUDGE_KEY",
+                                  retry_backoff_s=0.01, **kw), None)
+
+
+def test_a_model_without_verdicts_keeps_its_row_counts_and_reasons(tmp_path, broken_endpoint):
+    ref = _outputs(tmp_path, "ref", ["apple done", "river done", "stone done", "tiger done"])
+    new = _outputs(tmp_path, "new", ["apple apple done", "river river river done", "stone done", "um"])
+    broken_endpoint.mode = "json_list"
+    out = tmp_path / "out"
+    board = evaluate_output_files({"ref": ref, "new": new}, "ref", _openai(broken_endpoint), str(out))
+
+    row = board.loc["new"]
+    for column in ("win_rate", "standard_error", "discrete_win_rate", "length_controlled_winrate", "single_score"):
+        assert np.isnan(row[column]), column
+    assert (row["n_total"], row["n_rejected"], row["n_scored"], row["n_unscored"]) == (0, 4, 0, 4)
+    assert board.loc["ref", "win_rate"] == 50.0 and board.loc["ref", "n_unscored"] == 4  # compared with itself
+    records = {r["model"]: r for r in leaderboard_records(pd.read_csv(out / "leaderboard.csv", index_col=0))}
+    assert records["new"]["win_rate"] is None and records["new"]["n_rejected"] == 4  # empty in the csv, None in records
+
+    annotations = _read(out / "new" / "annotations.json")
+    assert {(a["preference"], a["verdict_status"], a["score_2"], a["score_status"]) for a in annotations} == {
+        (None, "unparseable", -1.0, "unparseable")}
+    assert annotations[0]["verdict_reason"] == "bad_shape: the reply is a JSON array, not an object"
+    assert {(a["verdict_status"], a["verdict_reason"]) for a in _read(out / "ref" / "annotations.json")} == {("ok", None)}
+    stats = _read(out / "judge.json")
+    assert (stats["judged"], stats["unparseable"], stats["failed"]) == (0, 12, 0)  # 4 pairwise + 8 single grades
+    assert stats["reasons"] == {"bad_shape": 12} and stats["failed_fraction"] == 1.0
+
+
+def test_failed_and_unparseable_judgments_mix_with_verdicts(tmp_path, broken_endpoint):
+    ref = _outputs(tmp_path, "ref", ["apple done", "river done", "stone done", "tiger done"])
+    new = _outputs(tmp_path, "new", ["apple GOOD", "river GOOD", "stone done", "tiger done"])
+    broken_endpoint.fail_first = [500, 500]  # the first pairwise request fails (two attempts), the rest succeed
+    out = tmp_path / "out"
+    board = evaluate_output_files({"ref": ref, "new": new}, "ref", _openai(broken_endpoint, max_retries=1, max_concurrency=1),
+                                  str(out), single_score=False)
+    assert (board.loc["new", "n_total"], board.loc["new", "n_rejected"]) == (3, 1)
+    annotations = _read(out / "new" / "annotations.json")
+    assert [a["verdict_status"] for a in annotations] == ["failed", "ok", "ok", "ok"]
+    assert annotations[0]["verdict_reason"].startswith("http_error: HTTP 500")
+    assert _read(out / "judge.json")["failed_fraction"] == pytest.approx(0.25)

@@ -1,10 +1,7 @@
-import json
 import logging
 import math
 import re
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
@@ -12,7 +9,9 @@ import torch
 from prefcurate.config import JudgeConfig
 from prefcurate.errors import CheckpointError, JudgeError
 from prefcurate.evaluation.judges import make_judge
+from prefcurate.evaluation.judges.base import FAILED, UNPARSEABLE
 from prefcurate.evaluation.judges.prompts import parse_rating
+from tests.prefcurate.evaluation.fake_openai import FakeEndpoint
 
 KEY = "sk-test-4f9c2a7be1d0secret"
 
@@ -96,71 +95,6 @@ def test_reward_model_judge_refuses_unsafe_or_wrong_checkpoints(tmp_path):
 
 
 # -- openai-compatible endpoint -------------------------------------------------------------
-
-
-class FakeEndpoint:
-    """An OpenAI-compatible /v1/chat/completions on 127.0.0.1 that prefers the output containing GOOD."""
-
-    def __init__(self):
-        self.requests: list[dict] = []
-        self.fail_first: list[int] = []  # HTTP statuses to answer before behaving
-        self.delay_s = 0.0
-        self.mode = "logprobs"  # or "text", "garbage"
-        self.in_flight = self.max_in_flight = 0
-        lock = threading.Lock()
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                endpoint.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-                if endpoint.fail_first:
-                    status = endpoint.fail_first.pop(0)
-                    self.send_response(status)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                with lock:
-                    endpoint.in_flight += 1
-                    endpoint.max_in_flight = max(endpoint.max_in_flight, endpoint.in_flight)
-                time.sleep(endpoint.delay_s)
-                with lock:
-                    endpoint.in_flight -= 1
-                payload = json.dumps(endpoint.answer(body)).encode()
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def answer(self, body: dict) -> dict:
-        prompt = body["messages"][-1]["content"]
-        if "[[rating]]" in prompt:
-            text = "Concise and correct. Rating: [[7]]" if "GOOD" in prompt else "I cannot decide."
-            return {"choices": [{"message": {"role": "assistant", "content": text}}]}
-        first = re.search(r'"model_identifier": "m",\s*"output": """(.*?)"""', prompt, re.S).group(1)
-        winner, loser = ("m", "M") if "GOOD" in first else ("M", "m")
-        if self.mode == "garbage":
-            return {"choices": [{"message": {"role": "assistant", "content": "Both"}}]}
-        choice = {"message": {"role": "assistant", "content": winner}}
-        if self.mode == "logprobs":
-            top = [{"token": winner, "logprob": math.log(0.9)}, {"token": loser, "logprob": math.log(0.1)}]
-            choice["logprobs"] = {"content": [{"token": winner, "logprob": math.log(0.9), "top_logprobs": top}]}
-        return {"choices": [choice]}
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -267,6 +201,82 @@ def test_openai_timeout_counts_as_failed(endpoint, tmp_path):
     assert judge.stats.failed == 1
     assert len(endpoint.requests) == 2
     assert not list((tmp_path / "cache").rglob("*.json"))
+
+
+# Every way an endpoint can answer badly, and what each item then gets: (status, reason code).
+MALFORMED = {
+    "json_list": (UNPARSEABLE, "bad_shape"),
+    "choices_object": (UNPARSEABLE, "bad_shape"),
+    "choices_strings": (UNPARSEABLE, "bad_shape"),
+    "message_null": (UNPARSEABLE, "bad_shape"),
+    "content_list": (UNPARSEABLE, "bad_shape"),
+    "null_logprob": (UNPARSEABLE, "bad_logprobs"),
+    "missing_logprob": (UNPARSEABLE, "bad_logprobs"),
+    "logprobs_string": (UNPARSEABLE, "bad_logprobs"),
+    "garbage": (UNPARSEABLE, "no_verdict"),
+    "html": (FAILED, "not_json"),
+    "html_502": (FAILED, "http_error"),
+    "hang": (FAILED, "timeout"),
+    "trickle": (FAILED, "timeout"),
+    "huge": (FAILED, "too_large"),
+}
+
+
+@pytest.mark.parametrize("mode", MALFORMED)
+def test_openai_malformed_reply_is_counted_with_its_reason(endpoint, tmp_path, mode):
+    endpoint.mode = mode
+    judge = make_judge(_config(endpoint, timeout_s=0.3, max_retries=1), tmp_path / "cache")
+    start = time.monotonic()
+    verdicts = judge.pairwise_verdicts(ITEMS[:2])
+    status, reason = MALFORMED[mode]
+    assert [(v.value, v.status, v.reason) for v in verdicts] == [(None, status, reason)] * 2
+    assert all(v.detail for v in verdicts)
+    assert judge.stats.reasons == {reason: 2} and judge.stats.judged == 0
+    assert judge.stats.failed_fraction == 1.0
+    assert time.monotonic() - start < 5  # a hang or a trickle costs timeout_s per attempt, not the server's 30 s
+    grades = judge.single_verdicts([("q", "a GOOD answer")])
+    assert grades[0].value is None and grades[0].status in (FAILED, UNPARSEABLE)
+    assert not list((tmp_path / "cache").rglob("*.json"))  # nothing cached: a rerun asks again
+
+
+def test_openai_reasons_say_what_was_wrong(endpoint):
+    judge = make_judge(_config(endpoint, timeout_s=0.3, max_retries=1), None)
+    expected = {
+        "json_list": "the reply is a JSON array, not an object",
+        "null_logprob": "the log-prob of 'M' is a JSON null, not a number",
+        "garbage": "the reply 'Both' names neither m nor M",
+        "html": "HTTP 200 with a body that is not JSON: '<html><head><title>502 Bad Gateway",
+        "html_502": "HTTP 502: '<html>",
+        "hang": "no complete reply within 0.3 s (gave up after 2 attempts)",
+    }
+    for mode, text in expected.items():
+        endpoint.mode = mode
+        assert text in judge.pairwise_verdicts(ITEMS[:1])[0].detail, mode
+
+
+def test_openai_unreachable_endpoint_counts_as_failed(endpoint):
+    judge = make_judge(_config(endpoint, max_retries=1), None)
+    endpoint.close()  # connection refused from now on
+    verdict = judge.pairwise_verdicts(ITEMS[:1])[0]
+    assert (verdict.status, verdict.reason) == (FAILED, "transport")
+    assert verdict.detail == "the request failed: ConnectError (gave up after 2 attempts)"
+
+
+def test_openai_echoed_key_is_masked_everywhere(endpoint, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    endpoint.mode = "echo"
+    judge = make_judge(_config(endpoint), tmp_path / "cache")
+    verdicts = judge.pairwise_verdicts(ITEMS[:4])
+    grades = judge.single_verdicts([("q", "a"), ("q", "b")])
+    assert [v.value for v in verdicts] == pytest.approx([1.1, 1.1, 1.1, 1.1])  # the verdicts are in the log-probs
+    assert all(v.raw.endswith("(Authorization: Bearer [redacted])") for v in verdicts)  # the echo, without the key
+    assert {(g.status, g.reason) for g in grades} == {(FAILED, "http_error")}
+    assert all("Authorization: Bearer [redacted]" in g.detail for g in grades)
+    assert all(r["auth"] == f"Bearer {KEY}" for r in endpoint.requests)  # the key was sent
+    assert KEY not in caplog.text and "no verdict" in caplog.text
+    assert KEY not in repr(verdicts + grades) and KEY not in repr(judge.stats.to_dict())
+    cached = [f.read_text() for f in (tmp_path / "cache").rglob("*.json")]
+    assert len(cached) == 4 and all("[redacted]" in text and KEY not in text for text in cached)
 
 
 def test_openai_refused_key_and_missing_key(endpoint, monkeypatch):
