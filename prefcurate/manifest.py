@@ -110,6 +110,11 @@ class StageOutput(BaseModel):
 
     meta: StageMeta | None = Field(default=None, description="Provenance; set by the stage runner.")
 
+    def incomplete(self) -> str | None:
+        """Why this result should be computed again even though it finished (e.g. judgments that
+        failed and may succeed now), or None. Such a result is used by its run but never reused."""
+        return None
+
     def file_refs(self) -> Iterator[tuple[str, FileRef]]:
         """Every FileRef of this output (nested in dicts and lists too), with a readable name."""
         yield from _refs(self, "")
@@ -188,6 +193,10 @@ def find_output(kind: type[Out], run: str, stage: str, key: str) -> Out | None:
         return None
     if output.meta is None or output.meta.cache_key != key:
         log.info("%s: inputs, config or code changed since the last run; running it again", stage)
+        return None
+    why = output.incomplete()
+    if why is not None:
+        log.info("%s finished incomplete (%s); running it again", stage, why)
         return None
     for name, ref in output.file_refs():
         problem = ref.problem()

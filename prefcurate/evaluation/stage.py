@@ -84,6 +84,11 @@ class JudgeOut(StageOutput):
     def leaderboard_records(self) -> list[dict[str, Any]]:
         return leaderboard_records(read_leaderboard(self.leaderboard.uri))
 
+    def incomplete(self) -> str | None:
+        """A rerun asks the judge again for what gave no verdict (the verdicts it had are cached)."""
+        missing = self.failed + self.unparseable
+        return f"{missing} judgments gave no verdict" if missing else None
+
 
 def _judge(ctx: StageContext, outputs: Mapping[str, FileRef]) -> JudgeOut:
     """eval/{<model>/annotations.json, <model>/leaderboard.csv, leaderboard.csv, judge.json}: every

@@ -92,3 +92,20 @@ def test_directory_ref_sees_every_file(tmp_path):
     assert ref.problem() == "file sub/w.safetensors changed (sha256 differs)"
     (d / "a.json").unlink()
     assert ref.problem() == "file a.json missing"
+
+
+class PartialOut(BlobOut):
+    def incomplete(self):
+        return "2 items failed" if self.n < 5 else None
+
+
+def test_an_incomplete_result_is_never_reused(tmp_path, caplog):
+    caplog.set_level("INFO", logger="prefcurate.manifest")
+    run = str(tmp_path / "run")
+    ref = FileRef.of(io.write_bytes(io.join(run, "p.bin"), b"abc"))
+    for n, reused in ((3, False), (7, True)):
+        out = PartialOut(blob=ref, n=n)
+        out.meta = StageMeta(stage="judge", run_uri=run, cache_key="k", created_at=datetime.now(timezone.utc))
+        write_manifest(out)
+        assert (find_output(PartialOut, run, "judge", "k") is not None) is reused
+    assert "finished incomplete (2 items failed)" in caplog.text
