@@ -23,7 +23,7 @@ def _trains_as_is(source: str, toy_world, out, n_pairs: int | None = None) -> No
         data = load_dataset("parquet", data_files={"train": source}, split="train")
     else:
         data = load_dataset(source, split="train")  # the dataset card's configs name the files
-        assert len(data) == n_pairs and data.features["prompt"][0]["role"].dtype == "string"
+        assert len(data) == n_pairs and data[0]["prompt"][-1]["role"] == "user" and data[0]["chosen"][0]["role"] == "assistant"
     model = AutoModelForCausalLM.from_pretrained(toy_world.checkpoint_dir)
     tokenizer = AutoTokenizer.from_pretrained(toy_world.checkpoint_dir)
     args = DPOConfig(output_dir=str(out), max_steps=2, per_device_train_batch_size=4, report_to="none", logging_steps=1,
