@@ -172,7 +172,9 @@ class AnswerLogps(torch.nn.Module):
         return order, labels, valid
 
     def _head(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = self.model.get_output_embeddings()(hidden)
+        # one contiguous [positions × hidden] matrix: a strided 3-D slice sends the projection
+        # (and its tangent) down a batched-matmul path that is several times slower
+        logits = self.model.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1])).view(*labels.shape, -1)
         if self.logit_scale is not None:
             logits = logits * self.logit_scale
         if self.softcap is not None:
