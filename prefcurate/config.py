@@ -88,6 +88,7 @@ class TrainingConfig(Section):
 
 class ScoringConfig(Section):
     batch_size: int = Field(default=64, ge=1, description="Pairs per forward (and jvp) pass while scoring.")
+    max_tokens_per_batch: int | None = Field(default=16384, ge=2, description="Padded tokens per scoring batch (2 sequences x pairs x longest sequence): a batch closes when the next pair would exceed it, so a pool of long pairs never exceeds memory. A pair alone over the budget is scored alone. null: pairs only (batch_size).")
     shard_size: int = Field(default=2048, ge=1, description="Pairs per scoring shard (each cached and resumable on its own).")
     cosine: bool = Field(default=False, description="Normalise IF by the per-pair gradient norm (cosine influence).")
     compute_if: bool = Field(default=True, description="Compute exact IF/TIF (jvp). Off: LossDiff and IRM only.")

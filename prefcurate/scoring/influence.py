@@ -29,8 +29,8 @@ from prefcurate import io
 from prefcurate.config import TrainingConfig
 from prefcurate.errors import ScoringError
 from prefcurate.scoring.logps import (
+    AnswerLogps,
     check_finite,
-    completion_logps,
     dpo_loss,
     iter_batches,
     make_collator,
@@ -86,10 +86,15 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _losses(model, params, input_ids, completion_mask, ref_chosen, ref_rejected, beta):
-    """Per-pair DPO losses (and log-probs as aux) with `params` swapped into `model`."""
-    logits = functional_call(model, params, (), {"input_ids": input_ids, "use_cache": False}).logits
-    chosen, rejected = completion_logps(logits, input_ids, completion_mask).chunk(2, dim=0)
+def _losses(head: AnswerLogps, params, input_ids, answer, ref_chosen, ref_rejected, beta):
+    """Per-pair DPO losses (and log-probs as aux) with `params` (keys of `head.model`) swapped in.
+
+    `answer` is `AnswerLogps.answer_positions(input_ids, completion_mask)`: only those
+    positions meet the output head.
+    """
+    swapped = {f"model.{k}": v for k, v in params.items()}
+    logps = functional_call(head, swapped, (input_ids, *answer)) if swapped else head(input_ids, *answer)
+    chosen, rejected = logps.chunk(2, dim=0)
     loss, margin = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
     return loss, (chosen, rejected, margin)
 
@@ -108,6 +113,7 @@ def validation_gradient(
     batch_size: int = 64,
     max_length: int | None = 512,
     truncation_mode: str = "keep_start",
+    max_tokens_per_batch: int | None = None,
     model_fingerprint: str | None = None,
     desc: str | None = "validation gradient",
 ) -> ValidationGradient:
@@ -121,12 +127,16 @@ def validation_gradient(
     ref_logps = reference_index(ref_logps)
     n, loss_sum = len(tokenized), 0.0
     device = _device(model)
+    # backward through the answer-only head: each chunk's logits are recomputed in the
+    # backward pass instead of being kept for the whole batch
+    head = AnswerLogps(model, checkpoint_head=True)
+    collator = make_collator(tokenizer, max_length, truncation_mode)
     try:
-        for ids, batch, _ in iter_batches(tokenized, batch_size, make_collator(tokenizer, max_length, truncation_mode), desc):
+        for ids, batch, _ in iter_batches(tokenized, batch_size, collator, desc, max_tokens_per_batch):
             ref_c, ref_r = (t.to(device) for t in reference_tensors(ref_logps, ids))
-            loss, _ = _losses(
-                model, {}, batch["input_ids"].to(device), batch["completion_mask"].to(device), ref_c, ref_r, beta
-            )
+            input_ids = batch["input_ids"].to(device)
+            answer = AnswerLogps.answer_positions(input_ids, batch["completion_mask"].to(device))
+            loss, _ = _losses(head, {}, input_ids, answer, ref_c, ref_r, beta)
             check_finite(ids, validation_loss=loss)
             grads = torch.autograd.grad(loss.sum() / n, [params[k] for k in names])
             for name, g in zip(names, grads):
@@ -186,17 +196,17 @@ def _aligned(gradient: ValidationGradient, params: dict[str, torch.Tensor], devi
     return out
 
 
-def _per_pair_grad_norms(model, params, input_ids, completion_mask, ref_c, ref_r, beta, chunk):
+def _per_pair_grad_norms(head, params, input_ids, answer, ref_c, ref_r, beta, chunk):
     """‖∇ℓ(θ; d)‖ for each pair of the batch from per-sample gradients (vmap over grad)."""
     n = ref_c.shape[0]
     ids = torch.stack([input_ids[:n], input_ids[n:]], dim=1)  # (pairs, 2, L)
-    mask = torch.stack([completion_mask[:n], completion_mask[n:]], dim=1)
+    per_pair = [torch.stack([t[:n], t[n:]], dim=1) for t in answer]  # positions, labels, valid: (pairs, 2, K)
 
-    def single(p, ids_i, mask_i, rc, rr):
-        loss, _ = _losses(model, p, ids_i, mask_i, rc.reshape(1), rr.reshape(1), beta)
+    def single(p, ids_i, positions_i, labels_i, valid_i, rc, rr):
+        loss, _ = _losses(head, p, ids_i, (positions_i, labels_i, valid_i), rc.reshape(1), rr.reshape(1), beta)
         return loss.sum()
 
-    grads = vmap(grad(single), in_dims=(None, 0, 0, 0, 0), chunk_size=chunk)(params, ids, mask, ref_c, ref_r)
+    grads = vmap(grad(single), in_dims=(None, 0, 0, 0, 0, 0, 0), chunk_size=chunk)(params, ids, *per_pair, ref_c, ref_r)
     return torch.sqrt(sum((g.double() ** 2).flatten(1).sum(-1) for g in grads.values()))
 
 
@@ -213,6 +223,7 @@ def influence_scores(
     truncation_mode: str = "keep_start",
     cosine: bool = False,
     cosine_chunk: int = 8,
+    max_tokens_per_batch: int | None = None,
     desc: str | None = "influence (jvp)",
 ) -> pd.DataFrame:
     """IF of every pair at `model` (one jvp per batch), with the pair's loss and log-probs.
@@ -230,14 +241,16 @@ def influence_scores(
     tokenized = _prepare(pairs, tokenizer)
     ref_logps = reference_index(ref_logps)
     collator = make_collator(tokenizer, max_length, truncation_mode)
+    head = AnswerLogps(model)
     frames = []
     try:
-        for ids, batch, examples in iter_batches(tokenized, batch_size, collator, desc):
+        for ids, batch, examples in iter_batches(tokenized, batch_size, collator, desc, max_tokens_per_batch):
             ref_c, ref_r = (t.to(device) for t in reference_tensors(ref_logps, ids))
-            input_ids, completion_mask = batch["input_ids"].to(device), batch["completion_mask"].to(device)
+            input_ids = batch["input_ids"].to(device)
+            answer = AnswerLogps.answer_positions(input_ids, batch["completion_mask"].to(device))
 
             def losses(p):
-                return _losses(model, p, input_ids, completion_mask, ref_c, ref_r, beta)
+                return _losses(head, p, input_ids, answer, ref_c, ref_r, beta)
 
             with torch.no_grad():
                 loss, influence, (chosen, rejected, margin) = jvp(losses, (params,), (tangent,), has_aux=True)
@@ -258,7 +271,7 @@ def influence_scores(
                 }
             )
             if cosine:
-                norms = _per_pair_grad_norms(model, params, input_ids, completion_mask, ref_c, ref_r, beta, cosine_chunk)
+                norms = _per_pair_grad_norms(head, params, input_ids, answer, ref_c, ref_r, beta, cosine_chunk)
                 frame["grad_norm"] = norms.cpu().numpy()
                 denom = frame["grad_norm"] * val_norm
                 frame["if"] = (frame["if"] / denom).where(denom > 0, 0.0)

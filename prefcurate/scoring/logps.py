@@ -12,7 +12,6 @@ implementation (DESIGN §8).
 
 from __future__ import annotations
 
-import math
 from typing import Iterator
 
 import pandas as pd
@@ -84,28 +83,131 @@ def truncation_flags(example: dict, max_length: int | None) -> bool:
     return n + len(example["chosen_ids"]) > max_length or n + len(example["rejected_ids"]) > max_length
 
 
+def sequence_tokens(example: dict, max_length: int | None) -> int:
+    """Tokens of the longer of the pair's two sequences after TRL's truncation (its padded width)."""
+    n = len(example["prompt_ids"]) + max(len(example["chosen_ids"]), len(example["rejected_ids"]))
+    return n if max_length is None else min(n, max_length)
+
+
+def batch_plan(widths: list[int], batch_size: int, max_tokens_per_batch: int | None = None) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) pair ranges: at most `batch_size` pairs and, with a budget, at most
+    `max_tokens_per_batch` padded tokens (2 sequences × pairs × widest sequence) per batch.
+
+    A pair alone over the budget still gets a batch of its own (it cannot be split).
+    """
+    plan, start, widest = [], 0, 0
+    for i, width in enumerate(widths):
+        wider = max(widest, width)
+        full = i - start >= batch_size
+        over = max_tokens_per_batch is not None and 2 * (i - start + 1) * wider > max_tokens_per_batch
+        if i > start and (full or over):
+            plan.append((start, i))
+            start, wider = i, width
+        widest = wider
+    if start < len(widths):
+        plan.append((start, len(widths)))
+    return plan
+
+
 def iter_batches(
-    tokenized: Dataset, batch_size: int, collator: DataCollatorForPreference, desc: str | None = None
+    tokenized: Dataset,
+    batch_size: int,
+    collator: DataCollatorForPreference,
+    desc: str | None = None,
+    max_tokens_per_batch: int | None = None,
 ) -> Iterator[tuple[list[str], dict, list[dict]]]:
-    """(pair ids, collated tensors, raw examples) per batch, in dataset order."""
-    n = len(tokenized)
-    steps = range(0, n, batch_size)
-    for start in tqdm(steps, desc=desc, disable=desc is None, total=math.ceil(n / batch_size)):
-        rows = tokenized.select(range(start, min(start + batch_size, n)))
-        examples = [
-            {"prompt_ids": r["prompt_ids"], "chosen_ids": r["chosen_ids"], "rejected_ids": r["rejected_ids"]}
-            for r in rows
-        ]
-        yield list(rows["pair_id"]), collator(examples), examples
+    """(pair ids, collated tensors, raw examples) per batch, in dataset order.
+
+    The columns are read once (not a dataset slice per batch: on a small model that Python
+    work costs as much as the forward); batches follow `batch_plan`.
+    """
+    columns = {k: tokenized[k] for k in ("pair_id", "prompt_ids", "chosen_ids", "rejected_ids")}
+    examples = [
+        {"prompt_ids": p, "chosen_ids": c, "rejected_ids": r}
+        for p, c, r in zip(columns["prompt_ids"], columns["chosen_ids"], columns["rejected_ids"])
+    ]
+    widths = [sequence_tokens(e, collator.max_length) for e in examples]
+    plan = batch_plan(widths, batch_size, max_tokens_per_batch)
+    for start, stop in tqdm(plan, desc=desc, disable=desc is None):
+        rows = examples[start:stop]
+        yield columns["pair_id"][start:stop], collator(rows), rows
 
 
-def sequence_logps(model: torch.nn.Module, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+# Answer positions whose vocabulary projection and log-softmax are computed at once: the
+# [positions × vocabulary] logits (and, under jvp, their tangent) are the largest tensors
+# of scoring on a large-vocabulary model, so they are never formed for a whole batch.
+HEAD_CHUNK = 128
+
+
+class AnswerLogps(torch.nn.Module):
+    """Summed completion log-probs of a causal LM, with its output head applied at answer positions only.
+
+    Runs the model's decoder (`get_decoder()`) over the batch, gathers the final hidden
+    states at the positions that predict a completion token, and applies the output
+    projection (`get_output_embeddings()`) and log-softmax there, `HEAD_CHUNK` positions
+    at a time: prompt and padding positions never meet the vocabulary. A module wrapping
+    the model, so `torch.func.functional_call` can swap the model's parameters in (keys
+    prefixed `model.`). The positions are gathered with fixed shapes (rows padded to the
+    batch's longest answer), so it runs under `jvp`, `grad` and `vmap` alike.
+    """
+
+    def __init__(self, model: torch.nn.Module, head_chunk: int | None = None, checkpoint_head: bool = False):
+        super().__init__()
+        self.model = model
+        self.head_chunk = head_chunk or HEAD_CHUNK
+        self.checkpoint_head = checkpoint_head
+        config = getattr(model, "config", None)
+        self.logit_scale = getattr(config, "logit_scale", None)
+        self.softcap = getattr(config, "final_logit_softcapping", None)
+
+    @staticmethod
+    def answer_positions(input_ids: torch.Tensor, completion_mask: torch.Tensor):
+        """(positions, labels, valid): per row, the indices t whose hidden state predicts completion token t+1."""
+        mask = completion_mask[:, 1:].bool()
+        width = max(int(mask.sum(-1).max()), 1) if mask.numel() else 1
+        # stable sort puts the answer positions first, in order; the rest is padding (valid = False)
+        order = torch.sort((~mask).to(torch.int8), dim=-1, stable=True).indices[:, :width]
+        valid = mask.gather(1, order)
+        labels = input_ids[:, 1:].gather(1, order)
+        return order, labels, valid
+
+    def _head(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # one contiguous [positions × hidden] matrix: a strided 3-D slice sends the projection
+        # (and its tangent) down a batched-matmul path that is several times slower
+        logits = self.model.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1])).view(*labels.shape, -1)
+        if self.logit_scale is not None:
+            logits = logits * self.logit_scale
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        logits = logits.float()
+        return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+    def forward(self, input_ids, positions, labels, valid):
+        hidden = self.model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+        hidden = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # (rows, answer, H)
+        step = max(1, self.head_chunk // max(hidden.shape[0], 1))
+        total = None
+        for start in range(0, hidden.shape[1], step):
+            h, y, v = hidden[:, start : start + step], labels[:, start : start + step], valid[:, start : start + step]
+            if self.checkpoint_head and torch.is_grad_enabled():
+                token_logps = torch.utils.checkpoint.checkpoint(self._head, h, y, use_reentrant=False)
+            else:
+                token_logps = self._head(h, y)
+            part = torch.where(v, token_logps, torch.zeros_like(token_logps)).sum(-1)
+            total = part if total is None else total + part
+        return total
+
+
+def sequence_logps(
+    model: torch.nn.Module, input_ids: torch.Tensor, completion_mask: torch.Tensor, **kwargs
+) -> torch.Tensor:
     """Summed log-prob of the completion tokens of each row (differentiable, torch.func-safe)."""
-    return completion_logps(model(input_ids=input_ids, use_cache=False).logits, input_ids, completion_mask)
+    positions, labels, valid = AnswerLogps.answer_positions(input_ids, completion_mask)
+    return AnswerLogps(model, **kwargs)(input_ids, positions, labels, valid)
 
 
 def completion_logps(logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
-    """Sum over completion positions of log p(token | prefix), from the model's logits."""
+    """Sum over completion positions of log p(token | prefix), from full logits (the reference the tests compare to)."""
     logits = logits[:, :-1].float()
     labels = input_ids[:, 1:]
     token_logps = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
@@ -187,6 +289,7 @@ def compute_logps(
     batch_size: int = 64,
     max_length: int | None = 512,
     truncation_mode: str = "keep_start",
+    max_tokens_per_batch: int | None = None,
     desc: str | None = "log-probs",
 ) -> pd.DataFrame:
     """Summed chosen/rejected response log-probs of every pair, keyed by pair_id.
@@ -194,31 +297,38 @@ def compute_logps(
     `chosen_len`/`rejected_len` count the completion tokens actually scored (after
     truncation); `truncated` marks pairs TRL's collator cuts. A pair whose prompt alone
     fills `max_length` keeps no completion token (lengths 0, log-probs 0): TRL drops such
-    pairs from training, and the zero lengths make them visible here.
+    pairs from training, and the zero lengths make them visible here. Batches hold at most
+    `batch_size` pairs and, when set, `max_tokens_per_batch` padded tokens.
     """
     was_training = model.training
     model.eval()
     tokenized = pairs if "prompt_ids" in pairs.column_names else tokenize_pairs(pairs, tokenizer)
     collator = make_collator(tokenizer, max_length, truncation_mode)
-    frames = []
+    head = AnswerLogps(model)
+    device = _device(model)
+    ids_all, chosen_all, rejected_all, lengths_all, truncated = [], [], [], [], []
     try:
-        for ids, batch, examples in iter_batches(tokenized, batch_size, collator, desc):
-            chosen, rejected = pair_logps(model, batch)
+        for ids, batch, examples in iter_batches(tokenized, batch_size, collator, desc, max_tokens_per_batch):
+            input_ids, mask = batch["input_ids"].to(device), batch["completion_mask"].to(device)
+            chosen, rejected = head(input_ids, *AnswerLogps.answer_positions(input_ids, mask)).chunk(2, dim=0)
             check_finite(ids, chosen_logps=chosen, rejected_logps=rejected)
             lengths = batch["completion_mask"].sum(-1)
             n = len(ids)
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "pair_id": ids,
-                        "chosen_logps": chosen.cpu().double().numpy(),
-                        "rejected_logps": rejected.cpu().double().numpy(),
-                        "chosen_len": lengths[:n].numpy().astype("int64"),
-                        "rejected_len": lengths[n:].numpy().astype("int64"),
-                        "truncated": [truncation_flags(e, max_length) for e in examples],
-                    }
-                )
-            )
+            ids_all += ids
+            chosen_all.append(chosen.cpu())
+            rejected_all.append(rejected.cpu())
+            lengths_all.append(lengths.view(2, n))
+            truncated += [truncation_flags(e, max_length) for e in examples]
     finally:
         model.train(was_training)
-    return pd.concat(frames, ignore_index=True)[LOGPS_COLUMNS]
+    lengths = torch.cat(lengths_all, dim=1).numpy().astype("int64")
+    return pd.DataFrame(
+        {
+            "pair_id": ids_all,
+            "chosen_logps": torch.cat(chosen_all).double().numpy(),
+            "rejected_logps": torch.cat(rejected_all).double().numpy(),
+            "chosen_len": lengths[0],
+            "rejected_len": lengths[1],
+            "truncated": truncated,
+        }
+    )[LOGPS_COLUMNS]

@@ -76,7 +76,8 @@ def score_shard(
 ) -> pd.DataFrame:
     """Scores of one shard: every SCORE_COLUMNS column except `tif` (pool-wide, see finalize_scores)."""
     tokenized = tokenize_pairs(pairs, models.tokenizer)
-    shape = dict(batch_size=scoring.batch_size, max_length=training.max_length, truncation_mode=training.truncation_mode)
+    shape = dict(batch_size=scoring.batch_size, max_length=training.max_length, truncation_mode=training.truncation_mode,
+                 max_tokens_per_batch=scoring.max_tokens_per_batch)  # fmt: skip
     ids = list(tokenized["pair_id"])
     ref_logps = reference_index(ref_logps)
     ref_c, ref_r = reference_tensors(ref_logps, ids)

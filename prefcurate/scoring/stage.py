@@ -41,7 +41,8 @@ def _gradient(ctx: StageContext, ingest: IngestOut, ref: ReferenceOut, warmup: M
     gradient = validation_gradient(
         model, ckpt.tokenizer, read_pairs(ingest.validation.uri), io.read_parquet(ref.ref_logps.uri),
         beta=training.beta, batch_size=scoring.batch_size, max_length=training.max_length,
-        truncation_mode=training.truncation_mode, model_fingerprint=ckpt.fingerprint,
+        truncation_mode=training.truncation_mode, max_tokens_per_batch=scoring.max_tokens_per_batch,
+        model_fingerprint=ckpt.fingerprint,
     )  # fmt: skip
     uri = save_gradient(gradient, ctx.path("gradients", "val_grad.safetensors"))
     out = GradientOut(gradient=FileRef.of(uri), n_validation=int(gradient.metadata["n_pairs"]),
@@ -78,7 +79,8 @@ def _shard(ctx: StageContext, rows: tuple[int, int], ingest: IngestOut, ref: Ref
 
 
 SHARD = StageSpec("score-shard", ShardOut, _shard, tracked=False,
-                  reads=(*LOSS_FIELDS, "scoring.batch_size", "scoring.cosine", "scoring.compute_if"))
+                  reads=(*LOSS_FIELDS, "scoring.batch_size", "scoring.max_tokens_per_batch", "scoring.cosine",
+                         "scoring.compute_if"))
 
 
 class ScoreOut(StageOutput):
