@@ -69,6 +69,14 @@ SIZE=$(docker image inspect "$IMAGE" --format '{{.Size}}' | awk '{printf "%.2f G
 echo "  base image $(fmt "$BASE_S") (0 when present), images $(fmt "$BUILD_S"), $IMAGE $SIZE"
 if docker run --rm "$IMAGE" prefcurate --help > /dev/null; then ok "prefcurate --help in the image"; else bad "prefcurate --help"; fi
 [ "$(docker run --rm "$IMAGE" id -u)" != 0 ] && ok "image runs as a non-root user" || bad "image runs as root"
+t=$(date +%s)
+if docker run --rm --network none "$IMAGE" prefcurate demo --size small > "$WORK/demo-offline.log" 2>&1 \
+   && grep -q "^Leaderboard" "$WORK/demo-offline.log"; then
+  DEMO_S=$(secs "$t"); ok "offline: docker run --network none $IMAGE prefcurate demo --size small prints the leaderboard ($(fmt "$DEMO_S"))"
+  grep -A 6 "^Leaderboard" "$WORK/demo-offline.log" | sed 's/^/    /'
+else
+  DEMO_S=$(secs "$t"); tail -n 20 "$WORK/demo-offline.log"; bad "offline demo in the image"
+fi
 
 # --- the stack --------------------------------------------------------------------------
 echo "== stack up"
@@ -115,7 +123,7 @@ checks() {  # phase args…: run check_stack.py, count its JSON results
 # --- the toy world on S3, the same config in-process, then through the stack -----------------
 echo "== toy world (small) on s3://prefcurate/toyworld-small"
 compose exec -T worker sh -c 'prefcurate toyworld build --out /tmp/toyworld-small --size small --seed 0 > /dev/null && python -c "
-import s3fs; s3fs.S3FileSystem().put(\"/tmp/toyworld-small/\", \"s3://prefcurate/toyworld-small/\", recursive=True)"'
+import s3fs; s3fs.S3FileSystem().put(\"/tmp/toyworld-small/\", \"s3://prefcurate/toyworld-small/\", recursive=True)"' > "$WORK/toyworld.log" 2>&1 || { tail -n 20 "$WORK/toyworld.log"; exit 1; }
 params() {  # run-name runner -> the flow parameters
   python3 - "$1" "$2" <<'PY'
 import json, sys
@@ -188,6 +196,6 @@ running=$(docker ps -q | wc -l)
 TOTAL_S=$(secs "$T0")
 trap - EXIT
 infra/scripts/engine.sh stop "$WORK"
-summary="infra-test: $([ "$failed" = 0 ] && echo PASSED || echo FAILED) $passed/$((passed + failed)) checks | images built in $(fmt "$BUILD_S") (+ base $(fmt "$BASE_S")), $IMAGE $SIZE | stack up $(fmt "$START_S"), restart $(fmt "$RESTART_S") | curate via Prefect+Dask $(fmt "$RUN_S") (in-process $(fmt "$INPROC_S")), rerun $(fmt "$RERUN_S") | total $(fmt "$TOTAL_S") | containers left: $running"
+summary="infra-test: $([ "$failed" = 0 ] && echo PASSED || echo FAILED) $passed/$((passed + failed)) checks | images built in $(fmt "$BUILD_S") (+ base $(fmt "$BASE_S")), $IMAGE $SIZE | offline demo $(fmt "$DEMO_S") | stack up $(fmt "$START_S"), restart $(fmt "$RESTART_S") | curate via Prefect+Dask $(fmt "$RUN_S") (in-process $(fmt "$INPROC_S")), rerun $(fmt "$RERUN_S") | total $(fmt "$TOTAL_S") | containers left: $running"
 echo "$summary" | tee "$WORK/summary.txt"
 [ "$failed" = 0 ]

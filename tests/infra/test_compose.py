@@ -87,6 +87,8 @@ def test_required_variables_are_in_env_example() -> None:
 
 
 def test_real_env_file_is_ignored_by_git() -> None:
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
     out = subprocess.run(["git", "check-ignore", "-q", "infra/.env"], cwd=ROOT)
     assert out.returncode == 0, "infra/.env must be ignored by git"
 
