@@ -34,3 +34,29 @@ bench: setup-dev
 
 clean:
 	rm -rf runs .prefcurate-cache mlflow.db mlruns
+
+# --- containers and the production stack (docker/, infra/; docs/deployment.md) -----------------
+# None of these is needed by `make demo` or `make test`. They need root (apt-get, dockerd) or a
+# running Docker engine; `infra-test` installs and starts what is missing and stops what it started.
+COMPOSE ?= $(shell docker compose version > /dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+.PHONY: docker-base docker-image docker-constraints infra-up infra-down infra-test
+
+docker-base:
+	infra/scripts/engine.sh base
+
+docker-image: docker-base
+	docker/build.sh --standins
+
+docker-constraints: setup-dev
+	$(BIN)/pip freeze --exclude-editable | grep -v -i -E '^(torch|prefcurate)[=@ ]' | grep -v '@ file' \
+	  | sed '1i # Versions the image installs: the set the test suite passed with (pip freeze of the dev venv).\n# Regenerate: make docker-constraints. torch is pinned by the Dockerfile (TORCH_VERSION).' > docker/constraints.txt
+
+infra-up:
+	@test -f infra/.env || { echo "infra/.env is missing: cp infra/.env.example infra/.env and set its secrets"; exit 2; }
+	$(COMPOSE) -f infra/compose.yaml up -d
+
+infra-down:
+	$(COMPOSE) -f infra/compose.yaml down
+
+infra-test:
+	tests/infra/stack_test.sh
