@@ -63,6 +63,6 @@ def test_a_run_in_use_is_refused_in_one_line(config_file, tmp_path, prefect_harn
     with run_lease(str(tmp_path / "runs" / "toy"), owner="another curate run"):
         done, _ = _cli(config_file, env={"PREFECT_API_URL": prefect_harness})
     assert done.returncode == 2, done.stderr
-    last = done.stderr.strip().splitlines()[-1]  # Prefect's own run log lines come before it
-    assert last.startswith("error: run ") and "is in use by another curate run" in last, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]  # among Prefect's log lines
+    assert len(errors) == 1 and "is in use by another curate run" in errors[0], done.stderr
     assert "Traceback" not in done.stdout + done.stderr
