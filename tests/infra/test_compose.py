@@ -4,6 +4,7 @@ docs/deployment.md names. The stack itself is proven by `make infra-test` (tests
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPOSE = ROOT / "infra" / "compose.yaml"
+COMPOSE = Path(os.environ.get("INFRA_COMPOSE_FILE", ROOT / "infra" / "compose.yaml"))  # override: check a variant
 ENV_EXAMPLE = ROOT / "infra" / ".env.example"
 DOCS = ROOT / "docs" / "deployment.md"
 
