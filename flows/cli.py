@@ -8,12 +8,14 @@ with code 3 (EXIT_INCOMPLETE), after printing the leaderboard, when more than
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING, Literal
 
 import typer
 
 from prefcurate.errors import PrefcurateError
+from prefcurate.locations import BASE_ENV
 
 if TYPE_CHECKING:
     from prefcurate.evaluation.stage import JudgeOut
@@ -283,10 +285,15 @@ def curate(
 
 @app.command()
 def nightly(
-    config: str = typer.Option(..., "--config", help="YAML nightly config: a run config plus `publish_uri`."),
+    config: str = typer.Option(..., "--config", help="YAML nightly config: a curate config (its evaluation section is "
+                               "ignored) plus `publish_uri`, `store_uri` and `refresh`."),
     sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
-    """Ingest, score and select new data, and publish the selection (no final training)."""
+    """Score the pairs new to the score store, select over the whole pool, publish the selection (no final training).
+
+    The scoring bundle (θ, θ_val, ∇L_val) is reused from the store until `refresh.policy` says
+    to train it again; the output says which bundle was used and why.
+    """
     from prefcurate.config import NightlyConfig
 
     cfg = _load(NightlyConfig, config, sets)
@@ -295,7 +302,9 @@ def nightly(
     from prefcurate.flows.nightly import nightly as nightly_flow
 
     result = _run_flow(nightly_flow, cfg)
-    typer.echo(f"\nSelection ({result.rule}): kept {result.n_kept} of {result.n_pool} pairs ({result.kept_fraction:.1%})")
+    how = f"refreshed: {result.refresh_reason}" if result.bundle_refreshed else "reused"
+    typer.echo(f"\nScoring bundle {result.bundle_id} ({how}); scored {result.n_new} new pairs of {result.n_pool}")
+    typer.echo(f"Selection ({result.rule}): kept {result.n_kept} of {result.n_pool} pairs ({result.kept_fraction:.1%})")
     typer.echo(f"Published {result.n_kept} pairs to {result.dataset_uri} ({result.publish_uri}/latest points at it)")
     typer.echo(f"\n{result.agreement_text.rstrip()}\n\nRun root:   {result.run_uri}\nMLflow run: {result.mlflow_url}")
 
@@ -367,6 +376,7 @@ def serve(
     from prefcurate.config import NightlyConfig
 
     cfg = _load(NightlyConfig, config, sets) if config or sets else None
+    os.environ.setdefault(BASE_ENV, os.getcwd())  # the served runs' relative locations are this directory's
     _flow_console()
     from prefect import serve as prefect_serve
 

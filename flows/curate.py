@@ -20,7 +20,7 @@ from prefcurate.config import RunConfig, _Pipeline
 from prefcurate.data.stage import IngestOut
 from prefcurate.errors import SelectionError
 from prefcurate.evaluation.stage import GenerateOut
-from prefcurate.flows.runs import lease_owner, parent_run, task_runner, use_torch_threads
+from prefcurate.flows.runs import lease_owner, parent_run, resolve_run, task_runner, use_torch_threads
 from prefcurate.lease import run_lease
 from prefcurate.manifest import StageOutput, run_uri
 from prefcurate.preflight import preflight
@@ -33,6 +33,7 @@ from prefcurate.tasks.artifacts import PrefectProgress
 from prefcurate.tasks.common import wire_core_logging
 from prefcurate.tasks.evaluate import generate_stage, judge_stage
 from prefcurate.tasks.gradient import gradient_stage
+from prefcurate.tasks.incremental import save_bundle_stage
 from prefcurate.tasks.ingest import ingest_stage
 from prefcurate.tasks.report import register_stage, report_stage
 from prefcurate.tasks.score import merge_scores_stage, reference_stage, score_shard_stage
@@ -127,12 +128,16 @@ def curate(config: RunConfig) -> CurateResult:
     """Score a preference pool for an SFT model, keep the valuable pairs, train DPO on them and
     on the baselines, and measure every model's win rate against the reference."""
     wire_core_logging()  # one-line errors in the run log, for runs a worker starts too
+    config = resolve_run(config, "default")
     preflight(config)
     run = run_uri(config.root, config.run_name)
     use_torch_threads(config.scaleout)
     with run_lease(run, owner=lease_owner("curate")), parent_run("curate", config, config.tracking, run) as parent:
         done = score_and_select(config, run, parent)
         stages: dict[str, StageOutput] = done.as_dict()
+        if config.store_uri:  # later nightly runs reuse this run's models and score only new pairs
+            stages["bundle"] = save_bundle_stage(done.ingest, done.warmup, done.val, done.gradient, "saved by curate",
+                                                 config, run, parent)
         sel = done.select
         trained = ["selected", *[b for b in config.evaluation.baselines if b != "sft"]]
         finals: dict[str, ModelOut] = {}
@@ -159,7 +164,8 @@ def curate(config: RunConfig) -> CurateResult:
                              for key in ("win_rate", "standard_error") if row.get(key) is not None})
         registered = None
         if config.tracking.register_model:
-            registered = stages["register"] = register_stage(finals["selected"], config, run, parent)
+            registered = stages["register"] = register_stage(finals["selected"], sel, done.ingest, judged, config, run,
+                                                                     parent)
         others = {k: v for k, v in stages.items() if k not in ("ingest", "score", "select", "judge")}
         report = report_stage(done.ingest, done.score, sel, judged, others, config, run, parent)
         stages["report"] = report

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from prefcurate.config import EvaluateConfig
 from prefcurate.evaluation.stage import GenerateOut, JudgeOut
-from prefcurate.flows.runs import lease_owner, parent_run
+from prefcurate.flows.runs import lease_owner, parent_run, resolve_run
 from prefcurate.lease import run_lease
 from prefcurate.manifest import FileRef, run_uri
 from prefcurate.preflight import preflight
@@ -37,6 +37,7 @@ class EvaluateResult(BaseModel):
 def evaluate(config: EvaluateConfig) -> EvaluateResult:
     """Win rates (and single scores) of every model against `evaluation.reference`."""
     wire_core_logging()  # one-line errors in the run log, for runs a worker starts too
+    config = resolve_run(config, "evaluate")
     preflight(config)
     run = run_uri(config.root, config.run_name)
     with run_lease(run, owner=lease_owner("evaluate")), parent_run("evaluate", config, config.tracking, run) as parent:

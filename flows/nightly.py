@@ -1,10 +1,13 @@
-"""The `nightly` flow: scheduled curation of new data — ingest → score → select → publish.
+"""The `nightly` flow: scheduled curation of a growing pool — ingest → bundle → score the new pairs →
+select over the whole pool → publish.
 
-No final models are trained. Scoring still needs θ (warm-up) and θ_val (validation model):
-they are trained as part of scoring, from the SFT model given in the config, exactly as in
-`curate`; their manifests make a rerun on unchanged data skip them. What a downstream
-training job reads is `<publish_uri>/latest` → `<publish_uri>/<version>/`: the kept pairs as a
-dataset `datasets.load_dataset` and TRL's DPOTrainer take as they are, with its dataset card.
+Scores live in the score store (`store_uri`, default `<root>/store`), keyed by the scoring
+bundle (θ, θ_val, ∇L_val) that produced them. A night reuses the latest bundle of its SFT
+model and scores only the pairs the store has not seen for it; the refresh policy
+(`refresh.policy`) decides when the bundle is trained again, and the run records which
+bundle it used and why. No final models are trained. What a downstream training job reads
+is `<publish_uri>/latest` → `<publish_uri>/<version>/`: the kept pairs as a dataset
+`datasets.load_dataset` and TRL's DPOTrainer take as they are, with its dataset card.
 """
 
 from __future__ import annotations
@@ -13,36 +16,69 @@ from prefect import flow
 
 from prefcurate import io
 from prefcurate.config import NightlyConfig
-from prefcurate.flows.curate import SelectionResult, score_and_select
-from prefcurate.flows.runs import lease_owner, parent_run, use_torch_threads
+from prefcurate.flows.curate import SelectionResult
+from prefcurate.flows.runs import lease_owner, parent_run, resolve_run, use_torch_threads
 from prefcurate.lease import run_lease
 from prefcurate.manifest import run_uri
 from prefcurate.preflight import preflight
+from prefcurate.scoring.bundle import BundleOut
 from prefcurate.tasks.common import wire_core_logging
-from prefcurate.tasks.select import publish_stage
+from prefcurate.tasks.gradient import gradient_stage
+from prefcurate.tasks.incremental import choose_bundle_task, pool_scores_stage, save_bundle_stage, score_new_stage
+from prefcurate.tasks.ingest import ingest_stage
+from prefcurate.tasks.score import reference_stage
+from prefcurate.tasks.select import publish_stage, select_stage
+from prefcurate.tasks.train import validation_model_stage, warmup_stage
+from prefcurate.tracking import run_url, set_tags
 
 
 class NightlyResult(SelectionResult):
-    """What a finished `nightly` run hands back: the selection and where it was published."""
+    """What a finished `nightly` run hands back: the selection, the bundle it was scored at, where it was published."""
 
     publish_uri: str
     dataset_uri: str
+    bundle_id: str
+    bundle_refreshed: bool
+    refresh_reason: str | None = None
+    n_new: int
 
 
 @flow(name="nightly-curation")
 def nightly(config: NightlyConfig) -> NightlyResult:
-    """Score and select a (new) preference pool for an SFT model and publish the selection."""
+    """Score the pairs new to the store, select over the whole pool for an SFT model, publish the selection."""
+    config = resolve_run(config, "nightly")
     run = run_uri(config.root, config.run_name)
-    config = config.model_copy(update={"publish_uri": config.publish_uri or io.join(run, "published")})
+    config = config.model_copy(update={"publish_uri": config.publish_uri or io.join(run, "published"),
+                                       "store_uri": config.store_uri or io.join(config.root, "store")})
     wire_core_logging()  # one-line errors in the run log, for runs a worker starts too
     preflight(config)
     use_torch_threads(config.scaleout)
     with run_lease(run, owner=lease_owner("nightly")), parent_run("nightly", config, config.tracking, run) as parent:
-        done = score_and_select(config, run, parent)
-        published = publish_stage(vars(done), config, run, parent)
+        ingest = ingest_stage(config, run, parent)
+        choice = choose_bundle_task(ingest, config)
+        stages = {"ingest": ingest}
+        bundle: BundleOut
+        if choice.reason is not None:  # the bundle is (re)trained from this run's stages
+            ref = reference_stage(ingest, config, run, parent)
+            warmup = warmup_stage(ingest, ref, config, run, parent)
+            val = validation_model_stage(ingest, ref, warmup, config, run, parent)
+            gradient = gradient_stage(ingest, ref, warmup, config, run, parent) if config.scoring.compute_if else None
+            bundle = save_bundle_stage(ingest, warmup, val, gradient, choice.reason, config, run, parent)
+            stages.update({"reference": ref, "warmup": warmup, "val": val, **({"val-gradient": gradient} if gradient else {})})
+        else:
+            bundle = choice.bundle
+        set_tags(parent, {"bundle.id": bundle.id, "bundle.refreshed": choice.reason is not None,
+                            "bundle.reason": choice.reason or "reused", "bundle.source_run": bundle.source_run})
+        new = score_new_stage(ingest, bundle, config, run, parent)
+        score = pool_scores_stage(ingest, bundle, new, config, run, parent)
+        select = select_stage(score, config, run, parent)
+        done = {"select": select, "score": score, "ingest": ingest, "warmup": bundle.warmup, "val": bundle.val,
+                "gradient": bundle.gradient}
+        published = publish_stage(done, config, run, parent)
+        stages.update({"bundle": bundle, "score-new": new, "score": score, "select": select, "publish": published})
     return NightlyResult(
-        **SelectionResult.fields(run, parent, done),
-        publish_uri=published.publish_uri,
-        dataset_uri=published.dataset_uri,
-        stages={**done.as_dict(), "publish": published},
-    )
+        run_uri=run, mlflow_run_id=parent.run_id, mlflow_url=run_url(parent), rule=select.rule, n_pool=select.n_pool,
+        n_kept=select.n_kept, kept_fraction=select.kept_fraction, agreement_text=select.agreement_report().render(),
+        ingest=ingest, publish_uri=published.publish_uri, dataset_uri=published.dataset_uri, bundle_id=bundle.id,
+        bundle_refreshed=choice.reason is not None, refresh_reason=choice.reason, n_new=new.n_new, stages=stages,
+    )  # fmt: skip

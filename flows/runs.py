@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from prefect.runtime import deployment, flow_run
@@ -11,25 +12,32 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from prefcurate.config import ScaleOutConfig, TrackingConfig, flatten
+from prefcurate.io import sha256_json
+from prefcurate.locations import BASE_ENV, absolute_locations
 from prefcurate.tasks.artifacts import publish_mlflow_link
 from prefcurate.tracking import RunHandle, finish_run, log_params, set_tags, start_parent_run
 
 
 @contextmanager
 def parent_run(flow_name: str, config: BaseModel, tracking: TrackingConfig, run: str) -> Iterator[RunHandle]:
-    """One MLflow parent run per Prefect flow run, tagged with the flow-run id and deployment.
+    """One MLflow parent run per run directory and config, tagged with the latest flow-run id and deployment.
 
-    Params are the flattened config (secret-looking keys left out by prefcurate.tracking).
-    The run ends FAILED when the flow raises, FINISHED otherwise.
+    A rerun of the same run with the same config (a resume, or one that finds every stage
+    finished) continues the parent it started; another config gets a parent of its own (MLflow
+    params cannot change). Params are the flattened config (secret-looking keys left out by
+    prefcurate.tracking). The run ends FAILED when the flow raises, FINISHED otherwise.
     """
+    params = flatten(config)
+    identity = {"prefcurate.flow": flow_name, "prefcurate.run_uri": run, "prefcurate.config_digest": sha256_json(params)[:16]}
     handle = start_parent_run(
         tracking,
         run_name=f"{flow_name}/{getattr(config, 'run_name', 'run')}",
         flow_run_id=str(flow_run.id) if flow_run.id else None,
         deployment=deployment.name or None,
-        tags={"prefcurate.flow": flow_name, "prefcurate.run_uri": run},
+        tags=identity,
+        continues=identity,
     )
-    log_params(handle, flatten(config))
+    log_params(handle, params)
     set_tags(handle, {"prefect.flow_run_name": flow_run.name or ""})
     publish_mlflow_link(handle)
     try:
@@ -38,6 +46,21 @@ def parent_run(flow_name: str, config: BaseModel, tracking: TrackingConfig, run:
         finish_run(handle, failed=True)
         raise
     finish_run(handle)
+
+
+def resolve_run(config: Any, default_name: str) -> Any:
+    """The config with its run name and every local location fixed before the first stage.
+
+    No `run_name`: a run a deployment starts (the UI, a schedule, CI through the API) gets the
+    flow run's own name, so it never resumes another run by accident; a run started here (the
+    CLI) gets `default_name`, so rerunning a config resumes it. Locations are made absolute
+    against the working directory here, against PREFCURATE_BASE_DIR on a worker (refused
+    without it), so every link the run prints or publishes works from any machine.
+    """
+    on_worker = deployment.id is not None
+    name = config.run_name or (flow_run.name if on_worker and flow_run.name else default_name)
+    base = os.environ.get(BASE_ENV) or (None if on_worker else os.getcwd())
+    return absolute_locations(config.model_copy(update={"run_name": name}), base)
 
 
 def lease_owner(flow_name: str) -> str:

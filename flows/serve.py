@@ -92,7 +92,11 @@ HEADER = """\
 #   prefect variable set prefcurate_pool_uri s3://prefs/new.parquet  # nightly's preference pool
 #   prefect variable set prefcurate_timezone Europe/Berlin          # optional; unset = UTC
 #   prefect deploy --all                                           # from this directory
-#   prefect worker start --pool prefcurate-process
+#   PREFCURATE_BASE_DIR=$PWD prefect worker start --pool prefcurate-process
+#
+# Relative locations in a config (root, store_uri, sqlite:///mlflow.db) resolve against
+# PREFCURATE_BASE_DIR on a worker; without it they are refused. Runs started from the UI or a
+# schedule without a run_name are named after their flow run.
 #
 # Prefect variables are read when `prefect deploy` runs, not at run time: set them first and
 # deploy again after changing them. A missing variable becomes an empty value.
@@ -112,8 +116,8 @@ def prefect_yaml() -> str:
         if d.scheduled:
             entry["schedules"] = [{"cron": NIGHTLY_CRON, "timezone": "{{ prefect.variables.prefcurate_timezone }}",
                                    "active": True}]
-            entry["parameters"] = {"config": {"run_name": "nightly",
-                                              "model": {"uri": "{{ prefect.variables.prefcurate_model_uri }}"},
+            # no run_name: each night is a run of its own, named after its flow run
+            entry["parameters"] = {"config": {"model": {"uri": "{{ prefect.variables.prefcurate_model_uri }}"},
                                               "data": {"pool_uri": "{{ prefect.variables.prefcurate_pool_uri }}"}}}
         entry["work_pool"] = {"name": WORK_POOL, "work_queue_name": "default", "job_variables": {}}
         entries.append(entry)

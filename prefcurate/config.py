@@ -6,6 +6,7 @@ the CLI, and the flattened params logged to MLflow. Every threshold lives here.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -212,8 +213,11 @@ class _Pipeline(Section):
     """What every flow that scores a pool shares: where, which model, which data, how."""
 
     root: str = Field(default="runs", description="Run root: a local directory or s3://bucket/prefix.")
-    run_name: str = Field(
-        default="default", pattern=RUN_NAME_PATTERN, description="Sub-directory of the root for this run's artifacts; a rerun with the same name resumes."
+    run_name: str | None = Field(
+        default=None, pattern=RUN_NAME_PATTERN,
+        description="Sub-directory of the root for this run's artifacts; a rerun with the same name resumes. Empty: the "
+        "flow run's name when a deployment runs it (a run from the UI starts fresh), `default` (`nightly` for nightly) "
+        "from the CLI, so rerunning a config resumes it.",
     )
     cache_dir: str = Field(default=".prefcurate-cache", description="Local directory for downloaded checkpoints and judge caches.")
     model: ModelSource = Field(description="The SFT checkpoint to curate for (also the DPO reference π_ref).")
@@ -223,6 +227,12 @@ class _Pipeline(Section):
     selection: SelectionConfig = Field(default_factory=SelectionConfig, description="Which rule keeps which pairs.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Where MLflow records the run.")
     scaleout: ScaleOutConfig = Field(default_factory=ScaleOutConfig, description="Where scoring shards run, and torch's CPU threads.")
+    store_uri: str | None = Field(
+        default=None,
+        description="Score store and scoring bundles (local or s3://), shared by every run of a team: `curate` saves its "
+        "scoring bundle there when set; `nightly` reuses the latest bundle and scores only pairs the store has not seen "
+        "(empty for nightly: <root>/store).",
+    )
     defects_uri: str | None = Field(
         default=None, description="Known-defect labels (parquet: prompt_id, defect), e.g. the toy world's; adds per-defect detection to the agreement report."
     )
@@ -256,19 +266,47 @@ class RunConfig(_Pipeline):
         return self
 
 
-class NightlyConfig(_Pipeline):
-    """Scheduled curation of new data: ingest, score, select, publish; no final training."""
+class RefreshConfig(Section):
+    """When a nightly run trains its scoring bundle (θ, θ_val, ∇L_val) again instead of reusing the latest one.
 
+    A missing or damaged bundle, a new SFT model, or another training/scoring recipe always
+    refreshes; the policy decides the rest.
+    """
+
+    policy: Literal["never", "inputs-changed", "every-n-days", "new-fraction"] = Field(
+        default="inputs-changed",
+        description="never: reuse while the recipe holds; inputs-changed: also when the validation set changes; "
+        "every-n-days: that, and when the bundle is `days` old; new-fraction: that, and when more than `new_fraction` "
+        "of the pool is new to the bundle.",
+    )
+    days: float = Field(default=7.0, gt=0.0, description="Bundle age in days that refreshes it (policy every-n-days).")
+    new_fraction: float = Field(default=0.2, gt=0.0, le=1.0, description="Share of the pool new to the bundle that refreshes it (policy new-fraction).")
+
+
+class NightlyConfig(_Pipeline):
+    """Scheduled curation of new data: ingest, score the new pairs, select over the pool, publish; no final training."""
+
+    refresh: RefreshConfig = Field(default_factory=RefreshConfig, description="When the scoring bundle is trained again.")
     publish_uri: str | None = Field(
         default=None, description="Directory (local or s3://) the selection is published to; empty: <root>/<run>/published."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accepts_a_curate_config(cls, data: Any) -> Any:
+        """A `curate` config file works as is: its evaluation section is dropped, with one warning."""
+        if isinstance(data, dict) and "evaluation" in data:
+            logging.getLogger("prefcurate.config").warning(
+                "nightly ignores the config's `evaluation` section: it trains no final model and evaluates nothing")
+            data = {k: v for k, v in data.items() if k != "evaluation"}
+        return data
 
 
 class EvaluateConfig(Section):
     """Judge given models or output files against each other."""
 
     root: str = Field(default="runs", description="Run root: a local directory or s3://bucket/prefix.")
-    run_name: str = Field(default="evaluate", pattern=RUN_NAME_PATTERN, description="Sub-directory of the root for this evaluation.")
+    run_name: str | None = Field(default=None, pattern=RUN_NAME_PATTERN, description="Sub-directory of the root for this evaluation. Empty: the flow run's name when a deployment runs it, `evaluate` from the CLI.")
     cache_dir: str = Field(default=".prefcurate-cache", description="Local directory for downloaded checkpoints and judge caches.")
     models: dict[str, str] = Field(
         description="Model name → HF checkpoint (directory, hub id or s3://) or an AlpacaEval model_outputs.json to judge as is.",

@@ -14,6 +14,7 @@ import math
 import re
 import tempfile
 import time
+import warnings
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -113,8 +114,11 @@ def start_parent_run(
     flow_run_id: str | None = None,
     deployment: str | None = None,
     tags: Mapping[str, str] | None = None,
+    continues: Mapping[str, str] | None = None,
 ) -> RunHandle:
-    """The parent run for one flow run; a retry of the same Prefect flow run reuses it."""
+    """The parent run for one flow run: a retry of the same Prefect flow run reuses it, and so
+    does a later flow run whose tags match `continues` (a rerun of the same run directory and
+    config), so a rerun that finds every stage finished leaves no empty parent behind."""
     experiment_id = _experiment_id(tracking)
     all_tags = {k: str(v) for k, v in (tags or {}).items()}
     if flow_run_id:
@@ -123,11 +127,15 @@ def start_parent_run(
         all_tags[DEPLOYMENT_TAG] = deployment
     mlc = _client(tracking.tracking_uri)
     run_id = _find(tracking, experiment_id, {FLOW_RUN_TAG: flow_run_id}) if flow_run_id else None
+    if run_id is None and continues:
+        run_id = _find(tracking, experiment_id, continues)
     if run_id is None:
         run_id = _call("create_run", tracking.tracking_uri, mlc.create_run, experiment_id, run_name=run_name,
                        tags=all_tags).info.run_id
     else:
         mlc.update_run(run_id, status="RUNNING")
+        for key, value in all_tags.items():
+            _call("set_tag", tracking.tracking_uri, mlc.set_tag, run_id, key, value)
     return RunHandle(tracking_uri=tracking.tracking_uri, run_id=run_id, experiment_id=experiment_id,
                      ui_url=tracking.ui_url)
 
@@ -254,7 +262,8 @@ def _artifact_uri(run: RunHandle) -> str:
     return _call("get_run", run.tracking_uri, client(run).get_run, run.run_id).info.artifact_uri
 
 
-def register_model(run: RunHandle, model_dir: str | Path, name: str, alias: str = "candidate") -> str:
+def register_model(run: RunHandle, model_dir: str | Path, name: str, alias: str = "candidate", *,
+                   description: str | None = None, tags: Mapping[str, str] | None = None) -> str:
     """Log an HF checkpoint directory under `model/` of `run` and register it with `alias`.
 
     The checkpoint is logged as plain files (safetensors, config, tokenizer), so the
@@ -275,9 +284,22 @@ def register_model(run: RunHandle, model_dir: str | Path, name: str, alias: str 
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise TrackingError(f"cannot register model '{name}': {exc.message}") from exc
     version = _call("create_model_version", run.tracking_uri, mlc.create_model_version, name,
-                    source=f"{_artifact_uri(run)}/model", run_id=run.run_id)
+                    source=f"{_artifact_uri(run)}/model", run_id=run.run_id, tags=dict(tags or {}),
+                    description=description)
     _call("set_alias", run.tracking_uri, mlc.set_registered_model_alias, name, alias, version.version)
     return str(version.version)
+
+
+def log_dataset_input(run: RunHandle, frame: Any, *, source: str, name: str, digest: str, context: str) -> None:
+    """`frame` as an MLflow dataset input of `run`: its name, digest, source URI and schema (not its rows)."""
+    import mlflow.data
+    from mlflow.entities import DatasetInput, InputTag
+
+    with warnings.catch_warnings():  # "source can be interpreted in multiple ways": a local path is meant
+        warnings.simplefilter("ignore")
+        dataset = mlflow.data.from_pandas(frame, source=redact_uri(source), name=name, digest=digest[:36])
+    entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+    _call("log_inputs", run.tracking_uri, client(run).log_inputs, run.run_id, datasets=[entity])
 
 
 def ui_base(tracking_uri: str, ui_url: str | None = None) -> str:

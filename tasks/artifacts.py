@@ -94,12 +94,13 @@ def publish_mlflow_link(run: RunHandle, key: str = "mlflow-run") -> UUID | None:
 class PrefectProgress:
     """A `progress(done, total)` callback for core loops that drives a Prefect progress artifact.
 
-    The artifact is created on the first call and updated when progress moves by at least
-    `min_step` percent or `min_interval_s` seconds have passed, so a loop over many batches
-    does not flood the API. Outside a Prefect run it does nothing.
+    The artifact is created on the first call and updated when progress has moved by at least
+    `min_step` percent *and* `min_interval_s` seconds have passed (and at 100 %), so a stage
+    makes at most ~100/min_step updates: each is an event `prefect deployment run --watch`
+    prints, and a flood of them buried the run's log lines. Outside a Prefect run it does nothing.
     """
 
-    def __init__(self, key: str, description: str | None = None, min_step: float = 1.0, min_interval_s: float = 2.0):
+    def __init__(self, key: str, description: str | None = None, min_step: float = 10.0, min_interval_s: float = 5.0):
         self.key = artifact_key(key)
         self.description = description
         self.min_step = min_step
@@ -120,7 +121,7 @@ class PrefectProgress:
             self._enabled = self.artifact_id is not None
         elif progress == 100.0 and self.progress < 100.0 or (
             progress > self.progress
-            and (progress - self.progress >= self.min_step or now - self._last_time >= self.min_interval_s)
+            and progress - self.progress >= self.min_step and now - self._last_time >= self.min_interval_s
         ):
             try:
                 update_progress_artifact(artifact_id=self.artifact_id, progress=progress)

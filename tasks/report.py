@@ -26,6 +26,9 @@ def report_stage(ingest: IngestOut, score: ScoreOut, select: SelectOut, judge: J
 
 
 @task(name="register-model", cache_policy=NONE, **IO_RETRIES)
-def register_stage(final: ModelOut, config: Any, run: str, tracking: RunHandle | None = None) -> RegisterOut:
-    """The selected final model as a new version of `tracking.register_model` with alias `model_alias`."""
-    return run_spec(REGISTER, run, config, inputs={"final": final}, tracking=tracking)
+def register_stage(final: ModelOut, select: SelectOut, ingest: IngestOut, judged: JudgeOut, config: Any, run: str,
+                   tracking: RunHandle | None = None) -> RegisterOut:
+    """The selected final model as a new version of `tracking.register_model` with alias `model_alias`,
+    described and tagged with its rule, kept share, win rates and digests."""
+    return run_spec(REGISTER, run, config, inputs={"final": final, "select": select, "ingest": ingest, "judged": judged},
+                    tracking=tracking)

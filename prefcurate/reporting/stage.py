@@ -62,16 +62,36 @@ class RegisterOut(StageOutput):
     alias: str
 
 
-def _register(ctx: StageContext, final: ModelOut) -> RegisterOut:
-    """Register the selected final model as a new version of `tracking.register_model`, alias `model_alias`.
+def version_tags(final: ModelOut, select: SelectOut, ingest: IngestOut, judged: JudgeOut) -> dict[str, str]:
+    """What a model-registry reader compares versions by: the rule, how much it kept, how it did, on what."""
+    tags = {"prefcurate.rule": select.rule, "prefcurate.kept_fraction": f"{select.kept_fraction:.4f}",
+            "prefcurate.n_kept": str(select.n_kept), "prefcurate.n_pool": str(select.n_pool),
+            "prefcurate.data_sha256": ingest.train.sha256, "prefcurate.model_sha256": final.model.sha256,
+            "prefcurate.sft_fingerprint": ingest.sft_fingerprint, "prefcurate.judge": judged.judge,
+            "prefcurate.reference": judged.reference}
+    for row in judged.leaderboard_records():
+        if row.get("win_rate") is not None:
+            tags[f"prefcurate.win_rate.{row['model']}"] = f"{float(row['win_rate']):.2f}"
+    return tags
+
+
+def _register(ctx: StageContext, final: ModelOut, select: SelectOut, ingest: IngestOut, judged: JudgeOut) -> RegisterOut:
+    """Register the selected final model as a new version of `tracking.register_model`, alias `model_alias`,
+    with a description and tags naming its rule, kept share, win rates and data and model digests.
 
     A stage like every other: a resumed run does not register the same model twice.
     """
     tracking = ctx.config.tracking
     if ctx.tracking is None:
         raise TrackingError("registering a model needs an MLflow run; set tracking.tracking_uri")
+    tags = version_tags(final, select, ingest, judged)
+    win = tags.get("prefcurate.win_rate.selected", "-")
+    description = (f"DPO from the warm-up model on the {select.n_kept} of {select.n_pool} pairs ({select.kept_fraction:.1%}) "
+                   f"that `{select.rule}` kept, for SFT model {ingest.sft.uri}. Win rate {win} % against "
+                   f"{judged.reference} ({judged.judge} judge). Run: {ctx.run}")
     with io.local_copy_dir(final.model.uri, io.join(ctx.config.cache_dir, "checkpoints")) as local:
-        version = register_model(ctx.tracking, local, tracking.register_model, tracking.model_alias)
+        version = register_model(ctx.tracking, local, tracking.register_model, tracking.model_alias,
+                                 description=description, tags=tags)
     return RegisterOut(name=tracking.register_model, version=str(version), alias=tracking.model_alias)
 
 

@@ -21,6 +21,7 @@ from prefcurate.selection import agreement, publish
 from prefcurate.selection.rules import RULES, select
 from prefcurate.selection.selection import SELECTION_JSON, SELECTION_PARQUET, Selection, read_selection, write_selection
 from prefcurate.stage import StageContext, StageSpec
+from prefcurate.tracking import log_dataset_input
 from prefcurate.training.stage import ModelOut
 
 log = logging.getLogger("prefcurate.selection")
@@ -159,6 +160,10 @@ def _publish(ctx: StageContext, select: SelectOut, score: ScoreOut, ingest: Inge
     ctx.hooks.markdown("published-dataset", f"Published **{len(pairs)}** pairs (`{selection.rule}`) to `{root}`; "
                        f"`{io.join(target, publish.LATEST)}` points at `{version}`.", description="Published selection")
     ctx.metrics({"published.pairs": len(pairs)})
+    for run in (ctx.parent, ctx.tracking):  # the flow's run a user opens, and the stage's own
+        if run is not None:
+            log_dataset_input(run, pairs, source=root, name=f"prefcurate-selection-{version}",
+                              digest=files["dataset"].sha256, context="published")
     return PublishOut(publish_uri=target, version=version, dataset_uri=root, files=files, n_kept=select.n_kept)
 
 

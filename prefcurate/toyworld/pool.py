@@ -227,3 +227,23 @@ def build_preference_data(spec: PoolSpec, seed: int) -> PreferenceData:
         eval_prompts=[{"instruction": inst.text} for inst in split.eval],
         defects=defects,
     )
+
+
+def new_pairs(spec: PoolSpec, seed: int, pool: pd.DataFrame, n: int, night: int = 1) -> pd.DataFrame:
+    """`n` ordinary pairs on the world's training instructions that `pool` does not hold yet:
+    one night's new data for a growing pool (the nightly flow's tests and benchmark)."""
+    split = split_instructions(spec, seed)
+    rng = random.Random(f"{seed}-night-{night}")
+    seen = {(p, c[-1]["content"], r[-1]["content"]) for p, c, r in zip(pool["prompt"], pool["chosen"], pool["rejected"])}
+    rows = []
+    for _ in range(1000 * n):
+        if len(rows) == n:
+            break
+        inst = rng.choice(split.train)
+        chosen, rejected = _ordinary_pair(inst, rng, spec.writer_skill)
+        if (inst.text, chosen, rejected) not in seen:
+            seen.add((inst.text, chosen, rejected))
+            rows.append(_row(inst, chosen, rejected))
+    if len(rows) < n:
+        raise ConfigError(f"only {len(rows)} of {n} new pairs could be drawn unlike the pool's; ask for fewer")
+    return pd.DataFrame(rows, columns=POOL_COLUMNS)

@@ -102,6 +102,14 @@ def test_mlflow_run_tree(curated):
     assert {a.path for a in client.list_artifacts(stages["score"].info.run_id, "scores")} == {"scores/scores.parquet"}
     version = client.get_model_version_by_alias("toy-selected", "candidate")
     assert version.run_id == stages["register"].info.run_id
+    # the version says what it is without opening the run: rule, kept share, win rates, digests
+    outputs = stage_outputs(curated.run)
+    assert version.tags["prefcurate.rule"] == "lossdiff-irm"
+    assert float(version.tags["prefcurate.kept_fraction"]) == pytest.approx(len(kept) / 240, abs=1e-4)
+    assert float(version.tags["prefcurate.win_rate.selected"]) == pytest.approx(board.loc["selected", "win_rate"], abs=0.01)
+    assert version.tags["prefcurate.data_sha256"] == outputs["ingest"].train.sha256
+    assert version.tags["prefcurate.model_sha256"] == outputs["final-selected"].model.sha256
+    assert f"{len(kept)} of 240 pairs" in version.description and "lossdiff-irm" in version.description
 
 
 def test_rerun_recomputes_nothing_and_gives_the_same_result(curated, prefect_harness):
@@ -119,6 +127,13 @@ def test_rerun_recomputes_nothing_and_gives_the_same_result(curated, prefect_har
     board = pd.read_csv(curated.run / "eval" / "leaderboard.csv", index_col=0)
     assert {r["model"]: r["win_rate"] for r in result.leaderboard} == pytest.approx(board["win_rate"].to_dict())
     assert result.n_kept == before["select"].n_kept
+    # the rerun continued the first run's MLflow parent instead of leaving an empty one beside it
+    client = MlflowClient(tracking_uri=curated.tracking_uri)
+    experiment = client.get_experiment_by_name("flows-test")
+    parents = client.search_runs([experiment.experiment_id], filter_string=f"tags.`prefcurate.run_uri` = '{curated.run}' "
+                                 "and tags.`prefcurate.flow` = 'curate'")
+    assert [p.info.run_id for p in parents] == [result.mlflow_run_id]
+    assert parents[0].info.status == "FINISHED"
 
 
 def test_dask_scoring_equals_in_process(curated, prefect_harness, tmp_path):

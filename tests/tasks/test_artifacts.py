@@ -47,14 +47,19 @@ def test_helpers_do_nothing_outside_a_run():
 def test_artifacts_inside_a_flow_run(prefect_harness):
     handle = RunHandle(tracking_uri="sqlite:///x.db", run_id="abc123", experiment_id="7")
     seen: list[float] = []
+    fast_seen: set[float] = set()
 
     @task
     def score() -> str:
-        progress = artifacts.PrefectProgress("Scoring shards", min_step=10.0, min_interval_s=3600)
+        progress = artifacts.PrefectProgress("Scoring shards", min_step=10.0, min_interval_s=0.0)
         for done in range(101):
             progress(done, 100)
             if progress.progress not in seen:
                 seen.append(progress.progress)
+        fast = artifacts.PrefectProgress("fast loop")  # defaults: 10 % and 5 s apart, so a quick loop is 2 events
+        for done in range(1001):
+            fast(done, 1000)
+            fast_seen.add(fast.progress)
         return str(progress.artifact_id)
 
     @flow
@@ -75,6 +80,7 @@ def test_artifacts_inside_a_flow_run(prefect_harness):
     progress = _latest("scoring-shards")
     assert str(progress.id) == progress_id and progress.type == "progress" and progress.data == 100.0
     assert seen == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0]  # throttled, never backwards
+    assert fast_seen == {0.0, 100.0}
 
 
 @pytest.mark.slow
