@@ -9,8 +9,8 @@ plus `--new` of new pairs (`toyworld.pool.new_pairs`). The scoring bundle (Î¸, Î
 is trained once on night 1 (its stages are timed too: what a refresh night costs). Then,
 alternating `--repeats` times on the night-2 pool, each in a fresh run directory:
 
-- full:        score-new on an empty score store (every pair) + the pool's table
-- incremental: score-new on a store holding night 1's scores (the new pairs) + the pool's table
+- full:        choose the bundle, score-new on an empty score store (every pair), the pool's table
+- incremental: the same on a store holding night 1's scores (so score-new scores the new pairs)
 
 and both selections (`lossdiff-irm` and every other rule) must be identical.
 """
@@ -29,7 +29,7 @@ import torch
 from prefcurate.config import NightlyConfig
 from prefcurate.data.stage import INGEST
 from prefcurate.scoring.bundle import BUNDLE
-from prefcurate.scoring.incremental import POOL_SCORES, SCORE_NEW
+from prefcurate.scoring.incremental import POOL_SCORES, SCORE_NEW, choose_bundle
 from prefcurate.scoring.reference import REFERENCE
 from prefcurate.scoring.stage import GRADIENT
 from prefcurate.selection.rules import select
@@ -54,7 +54,8 @@ def timed(fn):
 
 
 def night(config: NightlyConfig, run: str, ingest, bundle):
-    """score-new + the pool's table: the scoring a night does once its bundle is chosen."""
+    """What a night does after ingest: choose the bundle (reading the store), score-new, the pool's table."""
+    choose_bundle(config, ingest)
     new = run_stage(SCORE_NEW, run, config, inputs={"ingest": ingest, "bundle": bundle})
     score = run_stage(POOL_SCORES, run, config, inputs={"ingest": ingest, "bundle": bundle, "new": new})
     return new, pd.read_parquet(score.scores.uri)
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| {'night 2 scoring':<44} | {'pairs scored':>12} | {'seconds':>8} | {'vs full':>8} |")
     print(f"|{'-' * 46}|{'-' * 14}|{'-' * 10}|{'-' * 10}|")
     print(f"| {'full rescoring at the bundle':<44} | {counts['full']:>12} | {full:>8.2f} | {1:>8.3f} |")
-    print(f"| {'incremental (new pairs + pool table)':<44} | {counts['incremental']:>12} | {inc:>8.2f} | {inc / full:>8.3f} |")
+    print(f"| {'incremental (store read + new pairs)':<44} | {counts['incremental']:>12} | {inc:>8.2f} | {inc / full:>8.3f} |")
     print(f"| {'refresh night (bundle stages + full scoring)':<44} | {counts['full']:>12} | {refresh_total:>8.2f} | "
           f"{refresh_total / full:>8.3f} |")
     print("\nBundle stages (night 1): " + ", ".join(f"{k} {v:.1f} s" for k, v in refresh.items()))

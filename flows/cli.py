@@ -260,7 +260,7 @@ def demo(
         result = run_demo(root, size, seed)
     except PrefcurateError as exc:
         fail(str(exc))
-    typer.echo("\n" + render(result, f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"))
+    typer.echo("\n" + render(result))
     _check_judgments(result.stages.get("judge"), EvaluationConfig().max_failed_fraction)  # the demo's evaluation config
 
 
@@ -279,7 +279,7 @@ def curate(
     from prefcurate.flows.curate import render
 
     result = _run_flow(curate_flow, cfg)
-    typer.echo("\n" + render(result, cfg.tracking.tracking_uri))
+    typer.echo("\n" + render(result))
     _check_judgments(result.stages.get("judge"), cfg.evaluation.max_failed_fraction)
 
 
@@ -300,6 +300,7 @@ def nightly(
     _preflight(cfg)
     _flow_console()
     from prefcurate.flows.nightly import nightly as nightly_flow
+    from prefcurate.tracking import ui_command
 
     result = _run_flow(nightly_flow, cfg)
     how = f"refreshed: {result.refresh_reason}" if result.bundle_refreshed else "reused"
@@ -307,6 +308,7 @@ def nightly(
     typer.echo(f"Selection ({result.rule}): kept {result.n_kept} of {result.n_pool} pairs ({result.kept_fraction:.1%})")
     typer.echo(f"Published {result.n_kept} pairs to {result.dataset_uri} ({result.publish_uri}/latest points at it)")
     typer.echo(f"\n{result.agreement_text.rstrip()}\n\nRun root:   {result.run_uri}\nMLflow run: {result.mlflow_url}")
+    typer.echo(f"MLflow UI:  {ui_command(result.tracking_uri)}")
 
 
 @app.command()

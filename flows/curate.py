@@ -49,6 +49,7 @@ class SelectionResult(BaseModel):
     run_uri: str
     mlflow_run_id: str | None = None
     mlflow_url: str | None = None
+    tracking_uri: str = Field(description="The MLflow store the run was recorded in (absolute).")
     rule: str
     n_pool: int
     n_kept: int
@@ -61,7 +62,8 @@ class SelectionResult(BaseModel):
     def fields(run: str, parent: RunHandle, done: "Curated") -> dict[str, Any]:
         """The shared fields, read from the select stage's output and the MLflow parent run."""
         sel = done.select
-        return {"run_uri": run, "mlflow_run_id": parent.run_id, "mlflow_url": run_url(parent), "rule": sel.rule,
+        return {"run_uri": run, "mlflow_run_id": parent.run_id, "mlflow_url": run_url(parent),
+                "tracking_uri": parent.tracking_uri, "rule": sel.rule,
                 "n_pool": sel.n_pool, "n_kept": sel.n_kept, "kept_fraction": sel.kept_fraction,
                 "agreement_text": sel.agreement_report().render(), "ingest": done.ingest}
 
@@ -190,7 +192,7 @@ def _registered(register: RegisterOut | None) -> list[str]:
     return [f"Model:      models:/{register.name}@{register.alias} (version {register.version}, the selected model)"]
 
 
-def render(result: CurateResult, tracking_uri: str) -> str:
+def render(result: CurateResult) -> str:
     """What `prefcurate demo` and `prefcurate curate` print: leaderboard, kept fraction, agreement, where to look."""
     lines = [f"Leaderboard (win rate % against {result.reference}, {result.judge} judge; ± standard error)"]
     lines.append(f"  {'model':<10} {'win rate':>14} {'LC win rate':>14} {'score 1-10':>12} {'n':>5}")
@@ -215,6 +217,6 @@ def render(result: CurateResult, tracking_uri: str) -> str:
         f"Report:     {result.report_uri or '-'}",
         *_registered(result.registered),
         f"MLflow run: {result.mlflow_url or '-'}",
-        f"MLflow UI:  {ui_command(tracking_uri)}",
+        f"MLflow UI:  {ui_command(result.tracking_uri)}",
     ]
     return "\n".join(lines)

@@ -44,7 +44,7 @@ def evaluate(config: EvaluateConfig) -> EvaluateResult:
         generated: dict[str, GenerateOut] = {}
         files: dict[str, FileRef] = {}
         prompts = FileRef.of(config.eval_prompts_uri) if config.eval_prompts_uri else None
-        for name, uri in config.models.items():
+        for name, uri in config.model_map().items():
             if uri.endswith(".json"):
                 files[name] = FileRef.of(uri)
             else:

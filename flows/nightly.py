@@ -77,7 +77,8 @@ def nightly(config: NightlyConfig) -> NightlyResult:
         published = publish_stage(done, config, run, parent)
         stages.update({"bundle": bundle, "score-new": new, "score": score, "select": select, "publish": published})
     return NightlyResult(
-        run_uri=run, mlflow_run_id=parent.run_id, mlflow_url=run_url(parent), rule=select.rule, n_pool=select.n_pool,
+        run_uri=run, mlflow_run_id=parent.run_id, mlflow_url=run_url(parent), tracking_uri=parent.tracking_uri,
+        rule=select.rule, n_pool=select.n_pool,
         n_kept=select.n_kept, kept_fraction=select.kept_fraction, agreement_text=select.agreement_report().render(),
         ingest=ingest, publish_uri=published.publish_uri, dataset_uri=published.dataset_uri, bundle_id=bundle.id,
         bundle_refreshed=choice.reason is not None, refresh_reason=choice.reason, n_new=new.n_new, stages=stages,

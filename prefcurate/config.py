@@ -302,14 +302,22 @@ class NightlyConfig(_Pipeline):
         return data
 
 
+class EvaluatedModel(Section):
+    """One model of an evaluation: the UI's form shows a row per model."""
+
+    name: str = Field(pattern=RUN_NAME_PATTERN, description="How the leaderboard calls it (also its eval/<name>/ directory).")
+    uri: str = Field(min_length=1, description="An HF checkpoint (directory, hub id or s3://) or an AlpacaEval model_outputs.json.")
+
+
 class EvaluateConfig(Section):
     """Judge given models or output files against each other."""
 
     root: str = Field(default="runs", description="Run root: a local directory or s3://bucket/prefix.")
     run_name: str | None = Field(default=None, pattern=RUN_NAME_PATTERN, description="Sub-directory of the root for this evaluation. Empty: the flow run's name when a deployment runs it, `evaluate` from the CLI.")
     cache_dir: str = Field(default=".prefcurate-cache", description="Local directory for downloaded checkpoints and judge caches.")
-    models: dict[str, str] = Field(
-        description="Model name → HF checkpoint (directory, hub id or s3://) or an AlpacaEval model_outputs.json to judge as is.",
+    models: list[EvaluatedModel] = Field(
+        description="The models to judge, each a name and an HF checkpoint (directory, hub id or s3://) or an AlpacaEval "
+        "model_outputs.json to judge as is. A YAML mapping name: uri is accepted too.",
         min_length=2,
     )
     eval_prompts_uri: str | None = Field(
@@ -318,11 +326,26 @@ class EvaluateConfig(Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="Generation and judge settings.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Where MLflow records the run.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _models_as_mapping(cls, data: Any) -> Any:
+        """`models: {sft: path, new: path}` (YAML, `--set models.sft=…`) is the same list, in order."""
+        if isinstance(data, dict) and isinstance(data.get("models"), dict):
+            data = {**data, "models": [{"name": k, "uri": v} for k, v in data["models"].items()]}
+        return data
+
+    def model_map(self) -> dict[str, str]:
+        """Name → URI of every model, in the given order."""
+        return {m.name: m.uri for m in self.models}
+
     @model_validator(mode="after")
     def _reference_is_a_model(self) -> "EvaluateConfig":
-        if self.evaluation.reference not in self.models:
-            raise ValueError(f"evaluation.reference must name one of models {sorted(self.models)}, got '{self.evaluation.reference}'")
-        checkpoints = sorted(name for name, uri in self.models.items() if not uri.endswith(".json"))
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        if self.evaluation.reference not in names:
+            raise ValueError(f"evaluation.reference must name one of models {sorted(names)}, got '{self.evaluation.reference}'")
+        checkpoints = sorted(name for name, uri in self.model_map().items() if not uri.endswith(".json"))
         if checkpoints and not self.eval_prompts_uri:
             raise ValueError(f"eval_prompts_uri is required to generate answers with the checkpoints {checkpoints}")
         return self

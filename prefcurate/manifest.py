@@ -97,6 +97,7 @@ class StageMeta(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict, description="The config fields the stage read, with their values.")
     code_version: str = Field(default="", description="prefcurate version + hash of the code the stage runs.")
     created_at: datetime = Field(description="When the stage finished (UTC).")
+    seconds: float | None = Field(default=None, description="How long its compute took (wall clock).")
 
 
 class StageOutput(BaseModel):

@@ -101,7 +101,7 @@ def check_pipeline(config: Any) -> None:
 
 def check_evaluation(config: Any) -> None:
     """Everything an `evaluate` run names: each model, the prompts, the judge, the run root, the store."""
-    for name, uri in config.models.items():
+    for name, uri in config.model_map().items():
         require_readable(uri, f"model {name!r}", hub=not uri.endswith(".json"))
     if config.eval_prompts_uri:
         require_readable(config.eval_prompts_uri, "evaluation prompts (eval_prompts_uri)")

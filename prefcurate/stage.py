@@ -14,6 +14,7 @@ Orchestrators (prefcurate.tasks) wrap `run_stage` and pass `Hooks` for what they
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -170,12 +171,17 @@ def run_stage(
     child_run = stage_run(tracking, name) if tracking is not None and spec.tracked else nullcontext()
     with child_run as child:
         ctx = StageContext(stage=name, run=run, config=config, tracking=child, parent=tracking, hooks=hooks or Hooks())
+        start = time.perf_counter()
         output = spec.compute(ctx, **inputs)
+        seconds = round(time.perf_counter() - start, 3)
         output.meta = StageMeta(stage=name, run_uri=run, cache_key=key, inputs={k: io.sha256_json(v) for k, v in digests.items()},
-                                config=read, code_version=code, created_at=datetime.now(timezone.utc))
+                                config=read, code_version=code, created_at=datetime.now(timezone.utc), seconds=seconds)
         if child is not None:
             log_params(child, {f"config.{k}": v for k, v in read.items()})
             set_tags(child, {"prefcurate.cache_key": key, "prefcurate.code_version": code})
+            log_metrics(child, {"stage_seconds": seconds})
+        if tracking is not None:  # every stage's duration side by side on the flow's run
+            log_metrics(tracking, {f"stage_seconds.{name}": seconds})
         write_manifest(output)
-    log.info("%s done", name)
+    log.info("%s done in %.1f s", name, seconds)
     return output

@@ -7,6 +7,7 @@ the AgreementReport, the leaderboard); it computes nothing it could get wrong si
 
 from __future__ import annotations
 
+import base64
 import math
 from typing import Any, Mapping
 
@@ -64,6 +65,15 @@ def leaderboard_table(leaderboard: pd.DataFrame) -> pd.DataFrame:
 def _link(uri: str, run_root: str) -> str:
     root = run_root.rstrip("/") + "/"
     return uri[len(root):] if uri.startswith(root) else uri
+
+
+def inline_figures(markdown: str, figures: Mapping[str, str], run_root: str) -> str:
+    """The report with each figure embedded as a data URI: for viewers that have no file next to the
+    report to resolve a relative link against (a Prefect markdown artifact)."""
+    for uri in figures.values():
+        data = base64.b64encode(io.read_bytes(uri)).decode("ascii")
+        markdown = markdown.replace(f"]({_link(uri, run_root)})", f"](data:image/png;base64,{data})")
+    return markdown
 
 
 def render_report(

@@ -11,7 +11,7 @@ from prefcurate.evaluation.metrics import read_leaderboard
 from prefcurate.evaluation.stage import JudgeOut
 from prefcurate.manifest import FileRef, StageOutput
 from prefcurate.reporting import plots
-from prefcurate.reporting.report import render_report, write_report
+from prefcurate.reporting.report import inline_figures, render_report, write_report
 from prefcurate.scoring.stage import ScoreOut
 from prefcurate.selection.selection import read_selection
 from prefcurate.selection.stage import SelectOut
@@ -45,7 +45,7 @@ def _report(ctx: StageContext, ingest: IngestOut, score: ScoreOut, select: Selec
         tracking=ctx.parent,
     )  # fmt: skip
     uri = write_report(markdown, ctx.run)
-    ctx.hooks.markdown("run-report", markdown, description=f"Report of {ctx.run}")
+    ctx.hooks.markdown("run-report", inline_figures(markdown, figures, ctx.run), description=f"Report of {ctx.run}")
     if ctx.parent is not None:
         log_artifact(ctx.parent, uri, "report.md")
         for fig in figures.values():

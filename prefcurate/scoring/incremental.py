@@ -26,7 +26,7 @@ from prefcurate.errors import ScoringError
 from prefcurate.manifest import FileRef, StageOutput
 from prefcurate.scoring.bundle import BundleOut, latest_bundle, refresh_reason
 from prefcurate.scoring.influence import load_gradient
-from prefcurate.scoring.logps import compute_logps
+from prefcurate.scoring.logps import compute_logps, tokenize_pairs
 from prefcurate.scoring.scores import finalize_scores, load_scoring_models, score_shard, shard_ranges
 from prefcurate.scoring.stage import SHARD, ScoreOut, summarize
 from prefcurate.scoring.store import ScoreStore
@@ -78,6 +78,7 @@ def _score_new(ctx: StageContext, ingest: IngestOut, bundle: BundleOut) -> NewSc
         return out
     log.info("scoring %d new pairs of %d at bundle %s (%d already in the store)", out.n_new, out.n_pool, bundle.id, out.n_known)
     sft = load_checkpoint(ingest.sft)
+    new = tokenize_pairs(new, sft.tokenizer)  # once, for π_ref and for the bundle's models (one tokenizer)
     shape = dict(batch_size=scoring.batch_size, max_length=training.max_length, truncation_mode=training.truncation_mode)
     ref_logps = compute_logps(sft.model, sft.tokenizer, new, desc="π_ref log-probs (new pairs)", **shape)
     del sft

@@ -19,6 +19,7 @@ from prefcurate.scoring.influence import load_gradient, save_gradient, validatio
 from prefcurate.scoring.reference import ReferenceOut
 from prefcurate.scoring.scores import finalize_scores, load_scoring_models, score_shard
 from prefcurate.stage import StageContext, StageSpec
+from prefcurate.tracking import log_metrics
 from prefcurate.training.stage import ModelOut
 
 # The training fields that change a log-prob, a DPO loss or the trainable set IF is taken over.
@@ -110,6 +111,9 @@ def _merge(ctx: StageContext, shards: list[ShardOut]) -> ScoreOut:
     summary = summarize(scores)
     ctx.artifact(uri, "scores/scores.parquet")
     ctx.metrics({**summary, "rows.pairs": len(scores), "rows.shards": len(shards)})
+    if ctx.parent is not None:  # shards run on any worker, untracked: their durations go on the flow's run here
+        log_metrics(ctx.parent, {f"stage_seconds.{s.meta.stage}": s.meta.seconds for s in shards
+                                 if s.meta is not None and s.meta.seconds is not None})
     ctx.params({"scoring.shards": len(shards)})
     return ScoreOut(scores=FileRef.of(uri), pairs=len(scores), shards=len(shards),
                     truncated=int(scores["truncated"].sum()), summary=summary)

@@ -31,6 +31,7 @@ from prefcurate import io
 from prefcurate.checkpoint import inspect_checkpoint, load_checkpoint, save_checkpoint
 from prefcurate.config import ModelSource, TrainingConfig
 from prefcurate.errors import ConfigError, DataError
+from prefcurate.progress import on_terminal
 from prefcurate.scoring.logps import compute_logps, reference_tensors
 from prefcurate.training.quiet import quiet_trainer
 
@@ -138,6 +139,7 @@ def dpo_args(
         bf16=bool(bf16),
         gradient_checkpointing=training.gradient_checkpointing,
         logging_steps=training.logging_steps,
+        disable_tqdm=not on_terminal(),  # off a terminal, EtaLogCallback's lines say where training is
         save_strategy="no",
         report_to=report_to or "none",
         dataloader_pin_memory=torch.cuda.is_available(),

@@ -19,7 +19,7 @@ from prefcurate.selection.selection import read_selection
 from prefcurate.stage import StageContext, StageSpec
 from prefcurate.tracking import MlflowMetricsCallback
 from prefcurate.training.dpo import train_dpo
-from prefcurate.training.progress import ProgressCallback
+from prefcurate.training.progress import EtaLogCallback, ProgressCallback
 
 EPOCH_FIELDS = ("warmup_epochs", "val_epochs", "final_epochs")
 
@@ -47,7 +47,8 @@ def training_reads(epochs: str) -> tuple[str, ...]:
 def _train(ctx: StageContext, *, start: str | ModelSource, pairs: Any, ref: ReferenceOut, reference: ModelSource | None,
            epochs: float, out: str, rule: str = "full") -> ModelOut:
     training = ctx.config.training
-    callbacks: list[Any] = [ProgressCallback(ctx.hooks.progress(f"train-{ctx.stage}", f"DPO {ctx.stage}"))]
+    callbacks: list[Any] = [ProgressCallback(ctx.hooks.progress(f"train-{ctx.stage}", f"DPO {ctx.stage}")),
+                            EtaLogCallback(f"DPO {ctx.stage}")]
     if ctx.tracking is not None:
         callbacks.append(MlflowMetricsCallback(ctx.tracking))
     result = train_dpo(

@@ -66,6 +66,10 @@ def test_serve_builds_the_deployments_with_forms():
         assert _leaves_without_description(schema) == [], name
     rule = built["curate"]._parameter_openapi_schema.model_dump()["definitions"]["SelectionConfig"]["properties"]["rule"]
     assert "lossdiff-irm" in rule["enum"]  # choices render as a dropdown
+    evaluate = built["evaluate"]._parameter_openapi_schema.model_dump()["definitions"]
+    models = evaluate["EvaluateConfig"]["properties"]["models"]
+    assert models["type"] == "array" and models["items"]["$ref"].endswith("/EvaluatedModel")  # a row per model, no JSON box
+    assert set(evaluate["EvaluatedModel"]["properties"]) == {"name", "uri"}
 
     (idle,) = {d.name: d for d in deployments(None)}["nightly-curation"].schedules
     assert not idle.active  # nothing to curate without a config: scheduled but switched off

@@ -114,3 +114,36 @@ def test_a_changed_validation_set_refreshes_the_bundle(nights, toy_world):
     fifth = night("night-5", pools["night-2"], data=raw_data)
     assert fifth.bundle_refreshed and "validation set changed" in fifth.refresh_reason
     assert fifth.bundle_id != results["night-1"].bundle_id and fifth.n_new == fifth.n_pool
+
+
+def test_every_location_the_cli_prints_works_from_another_directory(toy_world, prefect_harness, tmp_path, monkeypatch):
+    """A config with relative locations (root, store, publish target, sqlite store), run from one
+    directory: what the command prints must be found from another."""
+    import re
+
+    import yaml
+    from datasets import load_dataset
+    from typer.testing import CliRunner
+
+    from prefcurate.flows.cli import app
+
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir(), elsewhere.mkdir()
+    monkeypatch.chdir(here)
+    config = {"model": {"uri": toy_world.checkpoint_dir},
+              "data": {"pool_uri": toy_world.pool_parquet, "validation_uri": toy_world.validation_parquet},
+              "scoring": {"shard_size": 120}, "tracking": {"experiment": "links"},
+              "evaluation": {"baselines": ["sft"]}}  # a curate config: its evaluation section is ignored
+    (here / "cfg.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(app, ["nightly", "--config", "cfg.yaml"])
+    assert result.exit_code == 0, result.output
+    monkeypatch.chdir(elsewhere)
+    run_root = re.search(r"Run root:\s+(\S+)", result.output).group(1)
+    assert run_root == str(here / "runs" / "nightly") and (Path(run_root) / "manifests" / "publish.json").exists()
+    n_kept, dataset = re.search(r"Published (\d+) pairs to (\S+) ", result.output).groups()
+    assert Path(dataset).is_absolute() and len(load_dataset(dataset, split="train")) == int(n_kept)
+    store_uri = re.search(r"--backend-store-uri (\S+)", result.output).group(1)
+    run_id = re.search(r"MLflow run: \S+/runs/(\w+)", result.output).group(1)
+    assert store_uri == f"sqlite:///{here / 'mlflow.db'}"
+    assert MlflowClient(tracking_uri=store_uri).get_run(run_id).data.tags["bundle.refreshed"] == "True"
+    assert (here / "runs" / "store" / "bundles").is_dir()  # the store defaults to <root>/store

@@ -66,3 +66,16 @@ def test_a_run_in_use_is_refused_in_one_line(config_file, tmp_path, prefect_harn
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]  # among Prefect's log lines
     assert len(errors) == 1 and "is in use by another curate run" in errors[0], done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_a_failed_flow_run_carries_the_one_line_reason(toy_world, tmp_path, prefect_harness):
+    """What `prefect deployment run --watch` and the UI show of a failed run: its state message."""
+    from prefcurate.config import RunConfig
+    from prefcurate.flows.curate import curate
+
+    raw = toy_config(toy_world, str(tmp_path / "runs"), f"sqlite:///{tmp_path / 'mlflow.db'}")
+    config = RunConfig.model_validate({**raw, "data": {**raw["data"], "pool_uri": "/nonexistent/pool.parquet"}})
+    state = curate(config, return_state=True)
+    assert state.is_failed()
+    assert "preference pool (data.pool_uri) /nonexistent/pool.parquet does not exist" in state.message
+    assert "\n" not in state.message and "Traceback" not in state.message, state.message

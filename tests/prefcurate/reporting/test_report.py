@@ -83,3 +83,18 @@ def test_report_hides_credentials_and_is_written_atomically(tmp_path):
 def test_markdown_table_escapes_pipes_and_shows_missing_values():
     table = report.markdown_table(pd.DataFrame({"a": ["x|y", None], "b": [1.23456, float("nan")]}))
     assert table.splitlines() == ["| a | b |", "|---|---|", "| x\\|y | 1.235 |", "| – | – |"]
+
+
+def test_prefect_artifact_embeds_the_figures(tmp_path):
+    """The Prefect markdown artifact has no directory to resolve `figures/x.png` against: figures go inline."""
+    import base64
+
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(64))
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "scores.png").write_bytes(png)
+    figures = {"scores": str(tmp_path / "figures" / "scores.png")}
+    markdown = report.render_report(run_name="r", run_root=str(tmp_path), figures=figures)
+    assert "![scores](figures/scores.png)" in markdown  # report.md beside its figures: relative links
+    inline = report.inline_figures(markdown, figures, str(tmp_path))
+    assert f"![scores](data:image/png;base64,{base64.b64encode(png).decode()})" in inline
+    assert "figures/scores.png" not in inline
