@@ -20,7 +20,7 @@ from prefcurate.config import RunConfig, _Pipeline
 from prefcurate.data.stage import IngestOut
 from prefcurate.errors import SelectionError
 from prefcurate.evaluation.stage import GenerateOut
-from prefcurate.flows.runs import lease_owner, parent_run, resolve_run, task_runner, use_torch_threads
+from prefcurate.flows.runs import announce_estimate, lease_owner, parent_run, resolve_run, task_runner, use_torch_threads
 from prefcurate.lease import run_lease
 from prefcurate.manifest import StageOutput, run_uri
 from prefcurate.preflight import preflight
@@ -80,7 +80,7 @@ class CurateResult(SelectionResult):
 
 @dataclass
 class Curated:
-    """The outputs of the stages that `curate` and `nightly` share."""
+    """The outputs of `curate`'s stages up to and including the selection."""
 
     ingest: IngestOut
     ref: ReferenceOut
@@ -112,9 +112,10 @@ def score_shards(done: dict[str, Any], config: _Pipeline, run: str, tracking: Ru
 
 
 def score_and_select(config: _Pipeline, run: str, parent: RunHandle | None) -> Curated:
-    """The stages up to and including the selection (shared by `curate` and `nightly`)."""
+    """The stages of `curate` up to and including the selection."""
     ingest = ingest_stage(config, run, parent)
     ref = reference_stage(ingest, config, run, parent)
+    announce_estimate(ref, ingest, config, parent, 1 + sum(b != "sft" for b in config.evaluation.baselines))
     warmup = warmup_stage(ingest, ref, config, run, parent)
     val = validation_model_stage(ingest, ref, warmup, config, run, parent)
     gradient = gradient_stage(ingest, ref, warmup, config, run, parent) if config.scoring.compute_if else None

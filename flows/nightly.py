@@ -17,7 +17,7 @@ from prefect import flow
 from prefcurate import io
 from prefcurate.config import NightlyConfig
 from prefcurate.flows.curate import SelectionResult
-from prefcurate.flows.runs import lease_owner, parent_run, resolve_run, use_torch_threads
+from prefcurate.flows.runs import announce_estimate, lease_owner, parent_run, resolve_run, use_torch_threads
 from prefcurate.lease import run_lease
 from prefcurate.manifest import run_uri
 from prefcurate.preflight import preflight
@@ -60,6 +60,7 @@ def nightly(config: NightlyConfig) -> NightlyResult:
         bundle: BundleOut
         if choice.reason is not None:  # the bundle is (re)trained from this run's stages
             ref = reference_stage(ingest, config, run, parent)
+            announce_estimate(ref, ingest, config, parent, n_final_models=0)
             warmup = warmup_stage(ingest, ref, config, run, parent)
             val = validation_model_stage(ingest, ref, warmup, config, run, parent)
             gradient = gradient_stage(ingest, ref, warmup, config, run, parent) if config.scoring.compute_if else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -13,9 +14,14 @@ from pydantic import BaseModel
 
 from prefcurate.config import ScaleOutConfig, TrackingConfig, flatten
 from prefcurate.io import sha256_json
+from prefcurate.data.stage import IngestOut
 from prefcurate.locations import BASE_ENV, absolute_locations
+from prefcurate.progress import duration, estimate_seconds
+from prefcurate.scoring.reference import ReferenceOut
 from prefcurate.tasks.artifacts import publish_mlflow_link
-from prefcurate.tracking import RunHandle, finish_run, log_params, set_tags, start_parent_run
+
+log = logging.getLogger("prefcurate.flows")
+from prefcurate.tracking import RunHandle, finish_run, log_metrics, log_params, set_tags, start_parent_run
 
 
 @contextmanager
@@ -61,6 +67,21 @@ def resolve_run(config: Any, default_name: str) -> Any:
     name = config.run_name or (flow_run.name if on_worker and flow_run.name else default_name)
     base = os.environ.get(BASE_ENV) or (None if on_worker else os.getcwd())
     return absolute_locations(config.model_copy(update={"run_name": name}), base)
+
+
+def announce_estimate(ref: ReferenceOut, ingest: IngestOut, config: Any, parent: RunHandle | None, n_final_models: int) -> None:
+    """After π_ref's pass over the pool: log (and record on the flow's MLflow run) how long the
+    training and scoring stages should take on this model and hardware, in one line."""
+    if ref.meta is None or ref.meta.seconds is None:
+        return
+    seconds = estimate_seconds(ref.meta.seconds, ref.pairs, n_train=ingest.n_train, n_validation=ingest.n_validation,
+                               training=config.training, compute_if=config.scoring.compute_if,
+                               n_final_models=n_final_models)
+    log.info("π_ref took %s for %d pairs: at that speed the training and scoring stages take about %s in all "
+             "(finished ones are skipped)%s", duration(ref.meta.seconds), ref.pairs, duration(seconds),
+             "; generation and judging come on top" if n_final_models else "")
+    if parent is not None:
+        log_metrics(parent, {"estimate_seconds.training_and_scoring": round(seconds, 1)})
 
 
 def lease_owner(flow_name: str) -> str:

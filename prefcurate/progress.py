@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Iterable, Iterator, TypeVar
+from typing import Any, Iterable, Iterator, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -62,3 +62,22 @@ def track(items: Iterable[T], *, desc: str | None, total: int | None = None, uni
         if now - last >= every_s or done == total:
             log.info(eta_line(desc, done, total, now - start, unit))
             last = now
+
+
+# Cost of one pair in units of one π_ref forward pass over it (chosen + rejected), measured on the
+# toy model here: a DPO step is a forward and a backward (~3 forwards; the reference is stored),
+# exact IF is one jvp (~2.6 forwards, benchmarks/README.md), LossDiff adds θ_val's forward.
+STEP_COST, IF_COST, FORWARD_COST = 3.0, 2.6, 1.0
+KEPT_GUESS = 0.6  # the share of the pool a final model trains on, before the selection exists
+
+
+def estimate_seconds(ref_seconds: float, ref_pairs: int, *, n_train: int, n_validation: int, training: Any,
+                     compute_if: bool, n_final_models: int = 0) -> float:
+    """Rough seconds the training and scoring stages still need, from π_ref's pass over the pool
+    (the first pass over every pair: it prices a forward on this model, this hardware)."""
+    per_pair = ref_seconds / max(ref_pairs, 1)
+    work = (STEP_COST * training.warmup_epochs * n_train
+            + STEP_COST * (training.val_epochs + 1) * n_validation  # θ_val, then ∇L_val
+            + ((IF_COST if compute_if else FORWARD_COST) + FORWARD_COST) * n_train
+            + STEP_COST * training.final_epochs * n_train * KEPT_GUESS * n_final_models)
+    return per_pair * work

@@ -18,12 +18,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl.data_utils import common_prefix_length
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from prefcurate.errors import DataError, ScoringError
+from prefcurate.progress import track
 
 LOGPS_COLUMNS = ["pair_id", "chosen_logps", "rejected_logps", "chosen_len", "rejected_len", "truncated"]
 
@@ -128,7 +128,7 @@ def iter_batches(
     ]
     widths = [sequence_tokens(e, collator.max_length) for e in examples]
     plan = batch_plan(widths, batch_size, max_tokens_per_batch)
-    for start, stop in tqdm(plan, desc=desc, disable=desc is None):
+    for start, stop in track(plan, desc=desc):
         rows = examples[start:stop]
         yield columns["pair_id"][start:stop], collator(rows), rows
 
