@@ -9,7 +9,7 @@ plus `--new` of new pairs (`toyworld.pool.new_pairs`). The scoring bundle (Î¸, Î
 is trained once on night 1 (its stages are timed too: what a refresh night costs). Then,
 alternating `--repeats` times on the night-2 pool, each in a fresh run directory:
 
-- full:        choose the bundle, score-new on an empty score store (every pair), the pool's table
+- full:        choose the bundle, new-pairs + score-new shards on an empty store (every pair), the pool's table
 - incremental: the same on a store holding night 1's scores (so score-new scores the new pairs)
 
 and both selections (`lossdiff-irm` and every other rule) must be identical.
@@ -29,8 +29,9 @@ import torch
 from prefcurate.config import NightlyConfig
 from prefcurate.data.stage import INGEST
 from prefcurate.scoring.bundle import BUNDLE
-from prefcurate.scoring.incremental import POOL_SCORES, SCORE_NEW, choose_bundle
+from prefcurate.scoring.incremental import NEW_PAIRS, POOL_SCORES, SCORE_NEW_SHARD, choose_bundle, new_shard_stage_name
 from prefcurate.scoring.reference import REFERENCE
+from prefcurate.scoring.scores import shard_ranges
 from prefcurate.scoring.stage import GRADIENT
 from prefcurate.selection.rules import select
 from prefcurate.stage import run_stage
@@ -56,8 +57,10 @@ def timed(fn):
 def night(config: NightlyConfig, run: str, ingest, bundle):
     """What a night does after ingest: choose the bundle (reading the store), score-new, the pool's table."""
     choose_bundle(config, ingest)
-    new = run_stage(SCORE_NEW, run, config, inputs={"ingest": ingest, "bundle": bundle})
-    score = run_stage(POOL_SCORES, run, config, inputs={"ingest": ingest, "bundle": bundle, "new": new})
+    new = run_stage(NEW_PAIRS, run, config, inputs={"ingest": ingest, "bundle": bundle})
+    shards = [run_stage(SCORE_NEW_SHARD, run, config, inputs={"rows": rows, "ingest": ingest, "new": new, "bundle": bundle},
+                        stage=new_shard_stage_name(i)) for i, rows in enumerate(shard_ranges(new.n_new, config.scoring.shard_size))]
+    score = run_stage(POOL_SCORES, run, config, inputs={"ingest": ingest, "bundle": bundle, "new": new, "shards": shards})
     return new, pd.read_parquet(score.scores.uri)
 
 

@@ -13,18 +13,29 @@ is `<publish_uri>/latest` → `<publish_uri>/<version>/`: the kept pairs as a da
 from __future__ import annotations
 
 from prefect import flow
+from prefect.futures import as_completed
 
 from prefcurate import io
 from prefcurate.config import NightlyConfig
+from prefcurate.data.stage import IngestOut
 from prefcurate.flows.curate import SelectionResult
-from prefcurate.flows.runs import announce_estimate, lease_owner, parent_run, resolve_run, use_torch_threads
+from prefcurate.flows.runs import announce_estimate, lease_owner, parent_run, resolve_run, task_runner, use_torch_threads
 from prefcurate.lease import run_lease
 from prefcurate.manifest import run_uri
 from prefcurate.preflight import preflight
 from prefcurate.scoring.bundle import BundleOut
+from prefcurate.scoring.incremental import NewPairsOut, NewShardOut
+from prefcurate.scoring.scores import shard_ranges
+from prefcurate.tasks.artifacts import PrefectProgress
 from prefcurate.tasks.common import wire_core_logging
 from prefcurate.tasks.gradient import gradient_stage
-from prefcurate.tasks.incremental import choose_bundle_task, pool_scores_stage, save_bundle_stage, score_new_stage
+from prefcurate.tasks.incremental import (
+    choose_bundle_task,
+    new_pairs_stage,
+    pool_scores_stage,
+    save_bundle_stage,
+    score_new_shard_stage,
+)
 from prefcurate.tasks.ingest import ingest_stage
 from prefcurate.tasks.score import reference_stage
 from prefcurate.tasks.select import publish_stage, select_stage
@@ -41,6 +52,19 @@ class NightlyResult(SelectionResult):
     bundle_refreshed: bool
     refresh_reason: str | None = None
     n_new: int
+
+
+@flow(name="score-new-shards")
+def score_new_shards(new: NewPairsOut, ingest: IngestOut, bundle: BundleOut, config: NightlyConfig, run: str) -> list[NewShardOut]:
+    """Score the new pairs shard by shard on this flow's task runner (each shard one store part)."""
+    ranges = shard_ranges(new.n_new, config.scoring.shard_size)
+    futures = [score_new_shard_stage.submit(i, rows, ingest, new, bundle, config, run) for i, rows in enumerate(ranges)]
+    progress = PrefectProgress("scoring-new", description=f"{len(ranges)} shards of new pairs")
+    shards = []
+    for future in as_completed(futures):
+        shards.append(future.result())
+        progress(len(shards), len(futures))
+    return sorted(shards, key=lambda s: s.part.uri)
 
 
 @flow(name="nightly-curation")
@@ -70,13 +94,15 @@ def nightly(config: NightlyConfig) -> NightlyResult:
             bundle = choice.bundle
         set_tags(parent, {"bundle.id": bundle.id, "bundle.refreshed": choice.reason is not None,
                             "bundle.reason": choice.reason or "reused", "bundle.source_run": bundle.source_run})
-        new = score_new_stage(ingest, bundle, config, run, parent)
-        score = pool_scores_stage(ingest, bundle, new, config, run, parent)
+        new = new_pairs_stage(ingest, bundle, config, run, parent)
+        scorer = score_new_shards.with_options(task_runner=task_runner(config.scaleout))
+        shards = scorer(new, ingest, bundle, config, run) if new.n_new else []
+        score = pool_scores_stage(ingest, bundle, new, shards, config, run, parent)
         select = select_stage(score, config, run, parent)
         done = {"select": select, "score": score, "ingest": ingest, "warmup": bundle.warmup, "val": bundle.val,
                 "gradient": bundle.gradient}
         published = publish_stage(done, config, run, parent)
-        stages.update({"bundle": bundle, "score-new": new, "score": score, "select": select, "publish": published})
+        stages.update({"bundle": bundle, "new-pairs": new, "score": score, "select": select, "publish": published})
     return NightlyResult(
         run_uri=run, mlflow_run_id=parent.run_id, mlflow_url=run_url(parent), tracking_uri=parent.tracking_uri,
         rule=select.rule, n_pool=select.n_pool,

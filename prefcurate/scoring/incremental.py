@@ -1,33 +1,33 @@
 """Incremental scoring: score only the pool's pairs the store lacks, then read the pool's table from it.
 
-    score-new   the pairs of the current pool with no row in the store for this identity:
-                π_ref's log-probs and every score at the bundle's models, appended as one part
-    score       the current pool's rows from the store (pairs no longer in the pool drop out),
-                in pool order, with TIF from the IF percentiles of the whole current pool
+    new-pairs         the pairs of the current pool with no row in the store for this identity
+    score-new-00000…  π_ref's log-probs and every score of a shard of them at the bundle's
+                      models, each shard one store part (mappable over any task runner, as
+                      curate's scoring shards are)
+    score             the current pool's rows from the store (pairs no longer in the pool drop
+                      out), in pool order, with TIF from the IF percentiles of the whole pool
 
-Both read the store, so the store's content for the identity is part of their cache key: a
-rerun after a kill scores what is still missing and nothing twice.
+`new-pairs` and `score` read the store, so its content for the identity is part of their
+cache keys: a rerun after a kill scores what is still missing, and nothing twice.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Mapping
 
-import pandas as pd
 from pydantic import BaseModel, Field
 
 from prefcurate import io
 from prefcurate.checkpoint import load_checkpoint
-from prefcurate.data.pairs import read_pairs
+from prefcurate.data.pairs import read_pairs, write_pairs
 from prefcurate.data.stage import IngestOut
 from prefcurate.errors import ScoringError
 from prefcurate.manifest import FileRef, StageOutput
 from prefcurate.scoring.bundle import BundleOut, latest_bundle, refresh_reason
 from prefcurate.scoring.influence import load_gradient
 from prefcurate.scoring.logps import compute_logps, tokenize_pairs
-from prefcurate.scoring.scores import finalize_scores, load_scoring_models, score_shard, shard_ranges
+from prefcurate.scoring.scores import finalize_scores, load_scoring_models, score_shard
 from prefcurate.scoring.stage import SHARD, ScoreOut, summarize
 from prefcurate.scoring.store import ScoreStore
 from prefcurate.stage import StageContext, StageSpec, read_config
@@ -49,14 +49,14 @@ def _store_state(config: Any, inputs: Mapping[str, Any]) -> str:
     return store_for(config, inputs["bundle"]).state()
 
 
-class NewScoresOut(StageOutput):
-    """What one night added to the store."""
+class NewPairsOut(StageOutput):
+    """The pool's pairs the store has no score for at this bundle, to be scored tonight."""
 
     identity: str
+    pairs: FileRef | None = Field(default=None, description="scores/new_pairs.parquet (None: nothing is new).")
     n_pool: int
-    n_new: int = Field(description="Pairs scored by this stage.")
+    n_new: int
     n_known: int = Field(description="Pairs of the pool the store already held.")
-    part: FileRef | None = Field(default=None, description="The store part written (None: nothing was new).")
 
 
 def new_pair_count(config: Any, bundle: BundleOut, ingest: IngestOut) -> int:
@@ -65,22 +65,42 @@ def new_pair_count(config: Any, bundle: BundleOut, ingest: IngestOut) -> int:
     return sum(pid not in known for pid in read_pairs(ingest.train.uri)["pair_id"])
 
 
-def _score_new(ctx: StageContext, ingest: IngestOut, bundle: BundleOut) -> NewScoresOut:
-    config, training, scoring = ctx.config, ctx.config.training, ctx.config.scoring
-    store = store_for(config, bundle)
+def _new_pairs(ctx: StageContext, ingest: IngestOut, bundle: BundleOut) -> NewPairsOut:
+    store = store_for(ctx.config, bundle)
     pool = read_pairs(ingest.train.uri)
     known = store.pair_ids()
     new = pool.select([i for i, pid in enumerate(pool["pair_id"]) if pid not in known])
-    out = NewScoresOut(identity=store.identity, n_pool=len(pool), n_new=len(new), n_known=len(pool) - len(new))
+    out = NewPairsOut(identity=store.identity, n_pool=len(pool), n_new=len(new), n_known=len(pool) - len(new))
     ctx.metrics({"rows.pool": out.n_pool, "rows.new": out.n_new, "rows.known": out.n_known})
     if not len(new):
         log.info("every pair of the pool is in the score store for bundle %s; nothing to score", bundle.id)
         return out
-    log.info("scoring %d new pairs of %d at bundle %s (%d already in the store)", out.n_new, out.n_pool, bundle.id, out.n_known)
+    log.info("%d of %d pairs are new to bundle %s (%d already in the store)", out.n_new, out.n_pool, bundle.id, out.n_known)
+    return out.model_copy(update={"pairs": FileRef.of(write_pairs(new, ctx.path("scores", "new_pairs.parquet")))})
+
+
+NEW_PAIRS = StageSpec("new-pairs", NewPairsOut, _new_pairs, reads=("store_uri", *SHARD.reads), identify=_store_state)
+
+
+class NewShardOut(StageOutput):
+    """One shard of the new pairs, scored and appended to the store."""
+
+    part: FileRef
+    pairs: int
+
+
+def new_shard_stage_name(index: int) -> str:
+    return f"score-new-{index:05d}"
+
+
+def _score_new_shard(ctx: StageContext, rows: tuple[int, int], ingest: IngestOut, new: NewPairsOut,
+                     bundle: BundleOut) -> NewShardOut:
+    """π_ref's log-probs and every score of new pairs `rows` at the bundle's models, as one store part."""
+    config, training, scoring = ctx.config, ctx.config.training, ctx.config.scoring
     sft = load_checkpoint(ingest.sft)
-    new = tokenize_pairs(new, sft.tokenizer)  # once, for π_ref and for the bundle's models (one tokenizer)
+    pairs = tokenize_pairs(read_pairs(new.pairs.uri).select(range(*rows)), sft.tokenizer)  # once: one tokenizer
     shape = dict(batch_size=scoring.batch_size, max_length=training.max_length, truncation_mode=training.truncation_mode)
-    ref_logps = compute_logps(sft.model, sft.tokenizer, new, desc="π_ref log-probs (new pairs)", **shape)
+    ref_logps = compute_logps(sft.model, sft.tokenizer, pairs, desc="π_ref log-probs (new pairs)", **shape)
     del sft
     models = load_scoring_models(bundle.warmup.model.uri, bundle.val.model.uri, training)
     gradient = None
@@ -89,23 +109,18 @@ def _score_new(ctx: StageContext, ingest: IngestOut, bundle: BundleOut) -> NewSc
             raise ScoringError(f"bundle {bundle.id} has no validation gradient but scoring.compute_if is on; "
                                "refresh the bundle or set scoring.compute_if=false")
         gradient = load_gradient(bundle.gradient.gradient.uri, models.policy_fingerprint)
-    progress = ctx.hooks.progress("score-new", f"scoring {out.n_new} new pairs")
-    ranges = shard_ranges(len(new), scoring.shard_size)
-    frames = []
-    for i, rows in enumerate(ranges):
-        frames.append(score_shard(new.select(range(*rows)), models=models, ref_logps=ref_logps, gradient=gradient,
-                                  training=training, scoring=scoring))
-        progress(i + 1, len(ranges))
-    name = f"{ctx.run.rstrip('/').rsplit('/', 1)[-1]}-{io.sha256_json(sorted(new['pair_id']))[:12]}"
-    part = store.append(name, pd.concat(frames, ignore_index=True))
-    return out.model_copy(update={"part": FileRef.of(part.uri)})
+    frame = score_shard(pairs, models=models, ref_logps=ref_logps, gradient=gradient, training=training, scoring=scoring)
+    name = f"{ctx.run.rstrip('/').rsplit('/', 1)[-1]}-{new.pairs.sha256[:12]}-{ctx.stage.rsplit('-', 1)[-1]}"
+    part = store_for(config, bundle).append(name, frame)
+    return NewShardOut(part=FileRef.of(part.uri), pairs=len(frame))
 
 
-SCORE_NEW = StageSpec("score-new", NewScoresOut, _score_new, reads=("store_uri", *SHARD.reads, "scoring.shard_size"),
-                      identify=_store_state)
+SCORE_NEW_SHARD = StageSpec("score-new-shard", NewShardOut, _score_new_shard, tracked=False,
+                            reads=("store_uri", *SHARD.reads))
 
 
-def _pool_scores(ctx: StageContext, ingest: IngestOut, bundle: BundleOut, new: NewScoresOut) -> ScoreOut:
+def _pool_scores(ctx: StageContext, ingest: IngestOut, bundle: BundleOut, new: NewPairsOut,
+                 shards: list[NewShardOut]) -> ScoreOut:
     config = ctx.config
     stored = store_for(config, bundle).read()
     pool_ids = list(read_pairs(ingest.train.uri)["pair_id"])
@@ -124,7 +139,7 @@ def _pool_scores(ctx: StageContext, ingest: IngestOut, bundle: BundleOut, new: N
     ctx.params({"scoring.identity": new.identity, "bundle.id": bundle.id})
     if dropped:
         log.info("%d stored pairs are no longer in the pool and are left out of the selection", dropped)
-    return ScoreOut(scores=FileRef.of(uri), pairs=len(scores), shards=math.ceil(new.n_new / config.scoring.shard_size),
+    return ScoreOut(scores=FileRef.of(uri), pairs=len(scores), shards=len(shards),
                     truncated=int(scores["truncated"].sum()), summary=summary)
 
 

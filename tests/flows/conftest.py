@@ -19,6 +19,8 @@ def stage_outputs(run: Path) -> dict[str, Any]:
     from prefcurate.evaluation.stage import GenerateOut, JudgeOut
     from prefcurate.manifest import read_manifest
     from prefcurate.reporting.stage import RegisterOut, ReportOut
+    from prefcurate.scoring.bundle import BundleOut
+    from prefcurate.scoring.incremental import NewPairsOut, NewShardOut
     from prefcurate.scoring.reference import ReferenceOut
     from prefcurate.scoring.stage import GradientOut, ScoreOut, ShardOut
     from prefcurate.selection.stage import PublishOut, SelectOut
@@ -26,8 +28,8 @@ def stage_outputs(run: Path) -> dict[str, Any]:
 
     exact = {"ingest": IngestOut, "reference": ReferenceOut, "warmup": ModelOut, "val": ModelOut, "val-gradient": GradientOut,
              "score": ScoreOut, "select": SelectOut, "judge": JudgeOut, "register": RegisterOut, "report": ReportOut,
-             "publish": PublishOut}
-    prefixes = {"score-shard-": ShardOut, "final-": ModelOut, "generate-": GenerateOut}
+             "publish": PublishOut, "bundle": BundleOut, "new-pairs": NewPairsOut}
+    prefixes = {"score-shard-": ShardOut, "score-new-": NewShardOut, "final-": ModelOut, "generate-": GenerateOut}
     out = {}
     for path in sorted((Path(run) / "manifests").glob("*.json")):
         kind = exact.get(path.stem) or next(k for p, k in prefixes.items() if path.stem.startswith(p))

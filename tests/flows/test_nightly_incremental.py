@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from prefcurate import io
 from prefcurate.config import NightlyConfig
 from prefcurate.toyworld.pool import new_pairs
-from tests.flows.conftest import toy_config
+from tests.flows.conftest import stage_outputs, toy_config
 from tests.flows.test_nightly import _trains_as_is
 
 pytestmark = pytest.mark.slow
@@ -53,7 +53,9 @@ def test_the_second_night_scores_only_the_new_pairs(nights, toy_world):
     assert not second.bundle_refreshed and second.bundle_id == first.bundle_id
     assert second.n_new == n_new and second.n_pool == first.n_pool + n_new
     assert not (base / "runs" / "night-2" / "models").exists()  # no θ, θ_val trained on the second night
-    assert not (base / "runs" / "night-2" / "manifests" / "warmup.json").exists()
+    stages = stage_outputs(base / "runs" / "night-2")
+    assert "warmup" not in stages and stages["new-pairs"].n_new == n_new
+    assert sum(s.pairs for name, s in stages.items() if name.startswith("score-new-")) == n_new  # only those were scored
     # the run records which bundle it used and why
     tags = MlflowClient(tracking_uri=tracking).get_run(second.mlflow_run_id).data.tags
     assert tags["bundle.id"] == first.bundle_id and tags["bundle.refreshed"] == "False" and tags["bundle.reason"] == "reused"
