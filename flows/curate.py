@@ -43,6 +43,9 @@ from prefcurate.tracking import RunHandle, log_metrics, run_url, ui_command
 from prefcurate.training.stage import ModelOut
 
 
+FULL = ("full", "full-steps")  # baselines trained on the whole pool
+
+
 class SelectionResult(BaseModel):
     """What every flow that selects hands back: where the run is, and what was kept."""
 
@@ -144,13 +147,15 @@ def curate(config: RunConfig) -> CurateResult:
         sel = done.select
         trained = ["selected", *[b for b in config.evaluation.baselines if b != "sft"]]
         finals: dict[str, ModelOut] = {}
-        missing = [name for name in trained if name not in ("selected", "full", *sel.rules)]
+        missing = [name for name in trained if name not in ("selected", "full", "full-steps", *sel.rules)]
         if missing:
             raise SelectionError(f"baselines {missing} could not be selected on these scores (see the select stage's log); "
                                  "remove them from evaluation.baselines")
         for name in trained:
-            selection = sel.selection if name == "selected" else None if name == "full" else sel.rules[name]
-            finals[name] = final_stage(name, selection, done.ingest, done.ref, done.warmup, config, run, parent)
+            selection = sel.selection if name == "selected" else None if name in FULL else sel.rules[name]
+            # full-steps: the whole pool for as many optimiser steps as the selection gets
+            epochs = config.training.final_epochs * sel.kept_fraction if name == "full-steps" else None
+            finals[name] = final_stage(name, selection, done.ingest, done.ref, done.warmup, config, run, parent, epochs=epochs)
             stages[f"final-{name}"] = finals[name]
         models: dict[str, Any] = dict(finals)
         if "sft" in config.evaluation.baselines:

@@ -105,7 +105,7 @@ class ScoringConfig(Section):
 
 # The rule and baseline choices come from the rule registry: a new rule appears here by itself.
 SelectionRule = Literal[tuple(RULES)]  # type: ignore[valid-type]
-Baseline = Literal[("sft", "full", *RULES)]  # type: ignore[valid-type]
+Baseline = Literal[("sft", "full", "full-steps", *RULES)]  # type: ignore[valid-type]
 JudgeKind = Literal[tuple(JUDGES)]  # type: ignore[valid-type]  (the judge registry's names)
 
 
@@ -115,6 +115,17 @@ class SelectionConfig(Section):
     size: int | None = Field(default=None, ge=1, description="Kept count for top-k rules (if-top, rating-margin, reward-gap, random); overrides `fraction`.")
     fraction: float | None = Field(default=None, gt=0.0, le=1.0, description="Kept share for top-k rules (if-top, rating-margin, reward-gap, random); default: the lossdiff-irm share.")
     seed: int = Field(default=0, description="Seed for the random rule.")
+    cuts: dict[str, float] = Field(
+        default_factory=dict,
+        description="Absolute lower bounds on scores (column → bound; a pair is kept above every bound) for the `cuts` "
+        "and `lossdiff-irm-cuts` rules, e.g. {irm: 0, if: 0}. Empty: IRM > 0.",
+    )
+    equal_size: bool = Field(
+        default=True,
+        description="Every other rule (the baselines trained beside the selection, the comparisons of the agreement "
+        "report) keeps exactly as many pairs as the selection: top-k rules their top k, band rules their most central k. "
+        "Off: band rules keep their own band.",
+    )
 
     @model_validator(mode="after")
     def _band_ordered(self) -> "SelectionConfig":
@@ -155,8 +166,9 @@ class EvaluationConfig(Section):
     single_score: bool = Field(default=True, description="Also grade every answer on MT-Bench's 1–10 scale (SingleScore).")
     baselines: list[Baseline] = Field(
         default_factory=lambda: ["sft", "full", "random"],
-        description="Baselines evaluated beside the selection: `sft` (the SFT model), `full` (DPO on the whole pool) or "
-        "any selection rule (DPO on what it keeps; top-k rules at the selection's size).",
+        description="Baselines evaluated beside the selection: `sft` (the SFT model), `full` (DPO on the whole pool for "
+        "training.final_epochs), `full-steps` (the whole pool for as many optimiser steps as the selection gets) or any "
+        "selection rule (DPO on what it keeps, at the selection's size: see selection.equal_size).",
     )
     reference: str = Field(default="sft", description="The model every other model is compared against.")
     max_failed_fraction: float = Field(

@@ -31,7 +31,10 @@ def validation_model_stage(ingest: IngestOut, ref: ReferenceOut, warmup: ModelOu
 
 @task(name="final-model", cache_policy=NONE, **IO_RETRIES)
 def final_stage(name: str, selection: FileRef | None, ingest: IngestOut, ref: ReferenceOut, warmup: ModelOut,
-                config: Any, run: str, tracking: RunHandle | None = None) -> ModelOut:
-    """A final model `name` (`selected` or a baseline): DPO from θ on `selection` (None: the whole pool)."""
+                config: Any, run: str, tracking: RunHandle | None = None, epochs: float | None = None) -> ModelOut:
+    """A final model `name` (`selected` or a baseline): DPO from θ on `selection` (None: the whole pool),
+    for `epochs` (None: training.final_epochs)."""
     inputs = {"name": name, "selection": selection, "ingest": ingest, "ref": ref, "warmup": warmup}
+    if epochs is not None:
+        inputs["epochs"] = epochs
     return run_spec(FINAL, run, config, inputs=inputs, stage=f"final-{name}", tracking=tracking)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -22,8 +22,11 @@ from scipy import stats
 
 from prefcurate import io
 from prefcurate.errors import SelectionError
-from prefcurate.selection.rules import RULES
+from prefcurate.selection.rules import RULES, select
 from prefcurate.selection.selection import Selection
+
+if TYPE_CHECKING:
+    from prefcurate.config import SelectionConfig
 
 AGREEMENT_JSON = "agreement.json"
 TABLES = ("correlations", "overlap", "detection", "removal")
@@ -46,7 +49,7 @@ class AgreementReport:
         """The report as plain text, one titled table per section."""
         parts = [
             ("Correlation with IF", self.correlations),
-            ("Overlap coefficient with the TIF selection", self.overlap),
+            ("Overlap with the TIF selection (at each selection's size; then each rule resized to TIF's size)", self.overlap),
             ("Defect detection: AUROC = P(score of a defect pair > score of a clean pair)", self.detection),
             ("Pairs removed by each selection (of n)", self.removal),
         ]
@@ -84,12 +87,16 @@ class AgreementReport:
 
 
 def agreement_report(
-    scores: pd.DataFrame, selections: dict[str, Selection], defects: pd.DataFrame | None = None
+    scores: pd.DataFrame, selections: dict[str, Selection], defects: pd.DataFrame | None = None,
+    config: SelectionConfig | None = None,
 ) -> AgreementReport:
     """Agreement of the proxies with IF, selection overlaps and, given defect labels, detection.
 
     `defects` has columns pair_id and defect (one row per defective pair; pairs absent from it,
-    or labelled "clean", are clean) — see `toy_defects` for the toy world's side table.
+    or labelled "clean", are clean) — see `toy_defects` for the toy world's side table. With the
+    selection `config`, every selection is also resized to the TIF selection's size and compared
+    with it there (overlap, its chance level, the excess over chance and Cohen's kappa): overlaps of
+    selections of different sizes mostly measure their sizes.
     """
     notes: list[str] = []
     has_if = "if" in scores.columns and scores["if"].notna().any()
@@ -98,6 +105,8 @@ def agreement_report(
     correlations = _correlations(scores) if has_if else _empty(["pearson", "spearman", "n", "paper_pearson"], "score")
     tif_ids = _tif_ids(scores, selections, notes)
     overlap = _overlap(selections, tif_ids)
+    if tif_ids and config is not None:
+        overlap = overlap.join(_equal_size(scores, selections, tif_ids, config, notes))
     if defects is None:
         detection, removal = _empty(["n"], "defect"), _removal(scores, selections, None)
     else:
@@ -176,11 +185,12 @@ def _correlations(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def _tif_ids(scores: pd.DataFrame, selections: dict[str, Selection], notes: list[str]) -> set[str] | None:
+    """The TIF band as scored (the `tif` column); a `tif` selection otherwise (it may be resized)."""
+    if "tif" in scores.columns and scores["tif"].notna().any():
+        return set(scores.loc[scores["tif"].fillna(False).astype(bool), "pair_id"].astype(str))
     for selection in selections.values():
         if selection.rule == "tif":
             return set(selection.kept_ids)
-    if "tif" in scores.columns and scores["tif"].notna().any():
-        return set(scores.loc[scores["tif"].fillna(False).astype(bool), "pair_id"].astype(str))
     if selections:
         notes.append("no TIF selection and no `tif` column: overlap with TIF is not available")
     return None
@@ -202,6 +212,40 @@ def _overlap(selections: dict[str, Selection], tif_ids: set[str] | None) -> pd.D
         }
     columns = ["rule", "n_kept", "kept_fraction", "overlap_tif", "chance", "paper_overlap"]
     return pd.DataFrame.from_dict(rows, orient="index", columns=columns).rename_axis("selection")
+
+
+def cohen_kappa(a: np.ndarray, b: np.ndarray) -> float:
+    """Agreement of two keep/drop decisions over the pool beyond what their keep rates give by chance."""
+    a, b = a.astype(bool), b.astype(bool)
+    observed = float(np.mean(a == b))
+    pa, pb = a.mean(), b.mean()
+    expected = float(pa * pb + (1 - pa) * (1 - pb))
+    return math.nan if expected == 1.0 else (observed - expected) / (1.0 - expected)
+
+
+def _equal_size(scores: pd.DataFrame, selections: dict[str, Selection], tif_ids: set[str], config: SelectionConfig,
+                notes: list[str]) -> pd.DataFrame:
+    """Each selection's rule resized to |TIF| pairs, against TIF: overlap, chance (|TIF|/n), excess, kappa."""
+    ids = scores["pair_id"].astype(str).to_numpy()
+    k, n = len(tif_ids), len(ids)
+    in_tif = np.isin(ids, list(tif_ids))
+    rows, fixed = {}, []
+    for name, selection in selections.items():
+        if selection.rule not in RULES:
+            continue
+        resized = select(scores, config.model_copy(update={"rule": selection.rule}), size=k)
+        kept = np.isin(ids, resized.kept_ids)
+        overlap = float((kept & in_tif).sum()) / k
+        rows[name] = {"overlap_at_tif_size": overlap, "chance_at_tif_size": k / n, "excess": overlap - k / n,
+                      "kappa": cohen_kappa(kept, in_tif)}
+        rule = RULES[selection.rule]
+        if rule.kind == "top-k" and rule.columns == ("if",):
+            fixed.append(name)
+    if fixed:
+        notes.append(f"{', '.join(fixed)} against TIF is fixed by construction: the top k by IF and the middle band of IF "
+                     f"share exactly the band's upper part, whatever the model")
+    return pd.DataFrame.from_dict(rows, orient="index",
+                                  columns=["overlap_at_tif_size", "chance_at_tif_size", "excess", "kappa"])
 
 
 def _labels(scores: pd.DataFrame, defects: pd.DataFrame, notes: list[str]) -> pd.Series:

@@ -17,6 +17,12 @@ Rules (DESIGN §1):
 - `reward-gap`: the k pairs with the smallest signed DPO implicit-reward gap
   (arXiv 2508.04149; see `_reward_gap`).
 - `random`: k pairs drawn with a seed — the equal-size baseline.
+- `cuts`: absolute cuts instead of percentiles (every score of `selection.cuts` above its bound,
+  default IRM > 0); `lossdiff-irm-cuts`: the LossDiff-IRM band and the cuts.
+
+Any rule can be resized to a given size k (`select(..., size=k)`): top-k rules keep their top k,
+band and flag rules their k most central pairs (`central_k`), cut rules the k furthest above
+their cuts (`clearest_k`) — how baselines and the agreement report compare rules at equal size.
 
 Band edges are strict (`q_lo < x < q_hi`, `prefcurate.selection.band`), as for TIF. Top-k ties break by pair_id, and `random` draws from the pool sorted by pair_id, so
 the same scores give the same selection whatever their row order.
@@ -29,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from prefcurate.errors import SelectionError
 from prefcurate.selection.band import band_mask
@@ -37,7 +44,7 @@ from prefcurate.selection.selection import Selection
 if TYPE_CHECKING:
     from prefcurate.config import SelectionConfig
 
-RuleKind = Literal["band", "top-k", "flag"]
+RuleKind = Literal["band", "top-k", "flag", "cut"]
 SIZE_FIELDS = ("size", "fraction", "band")  # a top-k rule's default size is the lossdiff-irm share
 
 
@@ -72,9 +79,10 @@ def rule(name: str, kind: RuleKind, columns: tuple[str, ...], reads: tuple[str, 
 def select(scores: pd.DataFrame, config: SelectionConfig, size: int | None = None) -> Selection:
     """Apply `config.rule` to a scores frame.
 
-    `size` fixes the kept count of the top-k rules (if-top, rating-margin, reward-gap,
-    random), overriding `config.size` and `config.fraction`; used to give a baseline the
-    same size as another selection.
+    `size` fixes the kept count: of the top-k rules (if-top, rating-margin, reward-gap,
+    random), overriding `config.size` and `config.fraction`, and of the band and flag rules,
+    which then keep their `size` most central pairs (`central_k`). Used to compare a baseline
+    with another selection at the same size.
     """
     _check_pool(scores)
     chosen = RULES.get(config.rule)
@@ -83,7 +91,33 @@ def select(scores: pd.DataFrame, config: SelectionConfig, size: int | None = Non
     if chosen.kind == "top-k":
         k, size_params = _resolve_size(scores, config, size)
         return chosen.apply(scores, config, k, size_params)
+    if size is not None:
+        return clearest_k(scores, chosen, config, size) if chosen.kind == "cut" else central_k(scores, chosen, config, size)
     return chosen.apply(scores, config)
+
+
+# The band a flag rule was cut with at scoring time, for resizing it: TIF's IF band's middle is
+# the 50th percentile for the default (25, 75) and any symmetric band.
+FLAG_BANDS = {"tif": (("if",), 50.0)}
+
+
+def central_k(scores: pd.DataFrame, rule: Rule, config: SelectionConfig, k: int) -> Selection:
+    """A band (or flag) rule resized to exactly k pairs: the k whose scores sit nearest the middle
+    of the band — by percentile rank, the largest distance over the rule's columns, ties by pair_id.
+    Widening or narrowing a band symmetrically keeps pairs in this order, so at the band's own
+    size this is (up to ties at its edges) the band itself."""
+    n = len(scores)
+    if not 1 <= k <= n:
+        raise SelectionError(f"rule '{rule.name}' asked to keep {k} of {n} pairs; choose a size between 1 and {n}")
+    columns, middle = FLAG_BANDS.get(rule.name, (rule.columns, (config.band[0] + config.band[1]) / 2))
+    recorded = {column: _column(scores, column, rule.name) for column in columns}
+    ranks = [100.0 * (stats.rankdata(values) - 0.5) / n for values in recorded.values()]
+    distance = np.max([np.abs(r - middle) for r in ranks], axis=0)
+    ids = scores["pair_id"].astype(str).to_numpy()
+    rows = np.sort(np.lexsort((ids, distance))[:k])  # kept in pool order, as the band keeps them
+    params = {"size": k, "size_from": "resized to equal size", "centre_percentile": middle, "columns": list(columns),
+              "max_distance": float(distance[rows].max())}
+    return _make(scores, rule.name, params, rows, recorded)
 
 
 # --- rules -------------------------------------------------------------------------------
@@ -116,6 +150,62 @@ def _band_selection(scores: pd.DataFrame, rule: str, columns: tuple[str, ...], b
             f"(thresholds {thresholds}); widen selection.band or check the scores for constant values"
         )
     return _make(scores, rule, params, np.flatnonzero(keep), recorded)
+
+
+DEFAULT_CUTS = {"irm": 0.0}
+
+
+def _cuts(config: SelectionConfig) -> dict[str, float]:
+    return dict(config.cuts or DEFAULT_CUTS)
+
+
+def _cut_mask(scores: pd.DataFrame, rule: str, cuts: dict[str, float]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    recorded = {column: _column(scores, column, rule) for column in cuts}
+    keep = np.ones(len(scores), dtype=bool)
+    for column, bound in cuts.items():
+        keep &= recorded[column] > bound
+    return keep, recorded
+
+
+@rule("cuts", "cut", (), reads=("cuts",))
+def _cut_rule(scores: pd.DataFrame, config: SelectionConfig) -> Selection:
+    """Absolute cuts instead of percentiles: keep a pair iff every score in `selection.cuts` is above its
+    bound (default IRM > 0: the warm-up model already prefers the chosen answer). A percentile band
+    removes a fixed share whatever the scores; a cut removes exactly the pairs on the wrong side."""
+    cuts = _cuts(config)
+    keep, recorded = _cut_mask(scores, "cuts", cuts)
+    if not keep.any():
+        raise SelectionError(f"rule 'cuts' {cuts} keeps no pair of {len(scores)}; lower the bounds in selection.cuts")
+    return _make(scores, "cuts", {"cuts": cuts, "inclusive": False}, np.flatnonzero(keep), recorded)
+
+
+@rule("lossdiff-irm-cuts", "cut", ("lossdiff", "irm"), reads=("band", "cuts"))
+def _band_and_cuts(scores: pd.DataFrame, config: SelectionConfig) -> Selection:
+    """The paper's LossDiff-IRM band, and the absolute cuts on top (default IRM > 0)."""
+    band = _band_selection(scores, "lossdiff-irm-cuts", ("lossdiff", "irm"), config.band)
+    cuts = _cuts(config)
+    keep, recorded = _cut_mask(scores, "lossdiff-irm-cuts", cuts)
+    keep &= scores["pair_id"].astype(str).isin(set(band.kept_ids)).to_numpy()
+    if not keep.any():
+        raise SelectionError(f"rule 'lossdiff-irm-cuts' (band {list(config.band)}, cuts {cuts}) keeps no pair; "
+                             "widen selection.band or lower selection.cuts")
+    recorded = {"lossdiff": _column(scores, "lossdiff", "lossdiff-irm-cuts"), **recorded,
+                "irm": _column(scores, "irm", "lossdiff-irm-cuts")}
+    return _make(scores, "lossdiff-irm-cuts", {**band.params, "cuts": cuts}, np.flatnonzero(keep), recorded)
+
+
+def clearest_k(scores: pd.DataFrame, rule: Rule, config: SelectionConfig, k: int) -> Selection:
+    """A cut rule resized to exactly k pairs: the k furthest above their cuts (the smallest margin over the
+    cut columns, each in units of its standard deviation), ties by pair_id."""
+    n = len(scores)
+    if not 1 <= k <= n:
+        raise SelectionError(f"rule '{rule.name}' asked to keep {k} of {n} pairs; choose a size between 1 and {n}")
+    cuts = _cuts(config)
+    _, recorded = _cut_mask(scores, rule.name, cuts)
+    margins = [(recorded[c] - bound) / (np.std(recorded[c]) or 1.0) for c, bound in cuts.items()]
+    margin = np.min(margins, axis=0)
+    params = {"size": k, "size_from": "resized to equal size", "cuts": cuts, "order": "smallest margin above the cuts, descending"}
+    return _top_k(scores, rule.name, "cut_margin", margin, k, descending=True, params=params)
 
 
 @rule("tif", "flag", ("tif",))

@@ -51,15 +51,16 @@ def selection_summary(selections: Mapping[str, Selection]) -> list[dict[str, Any
 
 
 def _others(scores: Any, config: Any, size: int) -> dict[str, Selection]:
-    """Every other rule on the same scores (top-k rules at the selection's size); rules whose
-    columns are absent (no IF, no dataset ratings) are left out with a log line."""
+    """Every other rule on the same scores, at the selection's size (top-k rules always; band rules
+    with `selection.equal_size`); rules whose columns are absent (no IF, no dataset ratings) are
+    left out with a log line."""
     out: dict[str, Selection] = {}
     for rule in RULES.values():
         if rule.name == config.rule:
             continue
         try:
             out[rule.name] = select(scores, config.model_copy(update={"rule": rule.name}),
-                                    size=size if rule.kind == "top-k" else None)
+                                    size=size if rule.kind == "top-k" or config.equal_size else None)
         except SelectionError as exc:
             log.info("comparison rule %s skipped: %s", rule.name, exc)
     return out
@@ -79,7 +80,7 @@ def _select(ctx: StageContext, score: ScoreOut) -> SelectOut:
     others = _others(scores, config, chosen.n_kept)
     others = {name: others[name] for name in sorted(others, key=lambda n: n != "random")}  # the random baseline first
     rule_dirs = {rule: write_selection(sel, io.join(directory, "rules", rule)) for rule, sel in others.items()}
-    report = agreement.agreement_report(scores, {config.rule: chosen, **others}, _defects(ctx.config))
+    report = agreement.agreement_report(scores, {config.rule: chosen, **others}, _defects(ctx.config), config=config)
     agreement_uri = agreement.write_agreement(report, directory)
     ctx.hooks.table("selection-summary", selection_summary({"selected": chosen, **others}),
                     description=f"Selections of {ctx.run}: `{config.rule}` is trained on.")

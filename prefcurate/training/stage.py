@@ -77,9 +77,10 @@ def _validation_model(ctx: StageContext, ingest: IngestOut, ref: ReferenceOut, w
 
 
 def _final(ctx: StageContext, name: str, ingest: IngestOut, ref: ReferenceOut, warmup: ModelOut,
-           selection: FileRef | None) -> ModelOut:
+           selection: FileRef | None, epochs: float | None = None) -> ModelOut:
     """A final model: `final_epochs` of DPO from θ on the pairs of `selection`, or on the whole
-    pool when it is None (π_ref = SFT) — one recipe for the selection and every baseline."""
+    pool when it is None (π_ref = SFT) — one recipe for the selection and every baseline.
+    `epochs` overrides the epoch count (`full-steps`: the whole pool for the selection's steps)."""
     pool = read_pairs(ingest.train.uri)
     rule, pairs = "full", pool
     if selection is not None:
@@ -87,7 +88,7 @@ def _final(ctx: StageContext, name: str, ingest: IngestOut, ref: ReferenceOut, w
         keep = set(chosen.kept_ids)
         rule, pairs = chosen.rule, pool.select([i for i, pid in enumerate(pool["pair_id"]) if pid in keep])
     return _train(ctx, start=warmup.model.uri, pairs=pairs, ref=ref, reference=ingest.sft,
-                  epochs=ctx.config.training.final_epochs, out=ctx.path("models", "final", name), rule=rule)
+                  epochs=epochs or ctx.config.training.final_epochs, out=ctx.path("models", "final", name), rule=rule)
 
 
 WARMUP = StageSpec("warmup", ModelOut, _warmup, reads=training_reads("warmup_epochs"))
