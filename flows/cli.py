@@ -312,6 +312,56 @@ def nightly(
 
 
 @app.command()
+def study(
+    config: str = typer.Option(None, "--config", help="YAML run config (as for `curate`); omit with --toy."),
+    toy: str = typer.Option(None, "--toy", help="small or default: the toy world, built anew for every seed, instead of --config."),
+    seeds: str = typer.Option("0,1,2,3,4", help="Comma-separated seeds: one full curate run each."),
+    name: str = typer.Option("study", help="Names the replicates' run directories (<name>-seed<k>) and study-<name>/."),
+    root: str = typer.Option("runs", help="Run root for --toy (worlds, runs, MLflow store)."),
+    sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """Repeat `curate` per seed and report what holds across seeds: each model's mean win rate with a
+    95 % interval, and the selection against every baseline as paired per-seed differences with a
+    paired t-test. Baselines come from evaluation.baselines (any selection rule, at the selection's size)."""
+    from prefcurate.config import RunConfig, load_config
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        fail(f"--seeds expects comma-separated integers, got '{seeds}'")
+    if not seed_list or (config is None) == (toy is None):
+        fail("give --config or --toy (one of them) and at least one seed")
+    if toy is not None and toy not in ("small", "default"):
+        fail(f"--toy must be small or default, got '{toy}'")
+    _flow_console()
+    from prefcurate.flows.study import seeded
+    from prefcurate.flows.study import study as study_flow
+
+    try:
+        if toy is not None:
+            from pathlib import Path
+
+            from prefcurate.flows.demo import demo_config
+            from prefcurate.toyworld.build import build_world
+
+            base = Path(root).resolve()
+            configs = []
+            for s in seed_list:
+                world = build_world(str(base / f"toyworld-{toy}-seed{s}"), seed=s, size=toy)
+                tree = demo_config(world, root, toy).model_dump(mode="json")
+                configs.append(seeded(load_config(RunConfig, None, sets, base=tree), s, name))
+        else:
+            cfg = _load(RunConfig, config, sets)
+            configs = [seeded(cfg, s, name) for s in seed_list]
+    except PrefcurateError as exc:
+        fail(str(exc))
+    for cfg in configs:
+        _preflight(cfg)
+    result = _run_flow(lambda c: study_flow(c, name=name), configs)
+    typer.echo("\n" + result.markdown + f"\nStudy: {result.study_uri}\nMLflow run: {result.mlflow_url}")
+
+
+@app.command()
 def evaluate(
     config: str = typer.Option(None, "--config", help="YAML evaluate config (models, eval_prompts_uri, evaluation)."),
     models: list[str] = typer.Option(

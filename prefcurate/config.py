@@ -373,9 +373,10 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def load_config(model: type[BaseModel], path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
-    """Build `model` from an optional YAML file plus `key.sub=value` overrides (values parsed as YAML)."""
-    tree: dict[str, Any] = {}
+def load_config(model: type[BaseModel], path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> Any:
+    """Build `model` from an optional YAML file (or a `base` tree) plus `key.sub=value` overrides (values parsed as YAML)."""
+    tree: dict[str, Any] = dict(base or {})
     if path is not None:
         try:
             tree = yaml.safe_load(Path(path).read_text()) or {}
