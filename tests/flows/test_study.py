@@ -1,0 +1,49 @@
+"""`prefcurate study`: one curate run per seed, aggregated across seeds."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tests.flows.conftest import toy_config
+
+pytestmark = pytest.mark.slow
+
+
+def test_study_runs_every_seed_and_reports_paired_differences(toy_world, prefect_harness, tmp_path):
+    from prefcurate.flows.cli import app
+
+    config = toy_config(toy_world, str(tmp_path / "runs"), f"sqlite:///{tmp_path / 'mlflow.db'}",
+                        evaluation={"baselines": ["sft", "random", "full-steps"]})
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(app, ["study", "--config", str(tmp_path / "study.yaml"), "--seeds", "0,1", "--name", "t"])
+    assert result.exit_code == 0, result.output
+    per_seed = pd.read_csv(tmp_path / "runs" / "study-t" / "per_seed.csv", index_col=0)
+    for seed in (0, 1):  # each replicate is a curate run of its own, with every seed set
+        board = pd.read_csv(tmp_path / "runs" / f"t-seed{seed}" / "eval" / "leaderboard.csv", index_col=0)
+        assert per_seed.loc[seed].to_dict() == pytest.approx(board["win_rate"].to_dict())
+        selection = yaml.safe_load((tmp_path / "runs" / f"t-seed{seed}" / "selection" / "rules" / "random" / "selection.json").read_text())
+        assert selection["params"]["seed"] == seed
+    assert set(per_seed.columns) == {"selected", "sft", "random", "full-steps"}
+    table = pd.read_csv(tmp_path / "runs" / "study-t" / "study.csv", index_col=0)
+    diff = per_seed["selected"] - per_seed["random"]
+    assert table.loc["random", "diff_vs_selected"] == pytest.approx(diff.mean())
+    assert "selected − model" in result.output and "Study: " in result.output
+    # full-steps trained the whole pool for the selection's optimiser steps, not final_epochs
+    import json
+
+    manifest = json.loads((tmp_path / "runs" / "t-seed0" / "manifests" / "final-full-steps.json").read_text())
+    selected = json.loads((tmp_path / "runs" / "t-seed0" / "manifests" / "final-selected.json").read_text())
+    ingest = json.loads((tmp_path / "runs" / "t-seed0" / "manifests" / "ingest.json").read_text())
+    assert manifest["n_pairs"] == ingest["n_train"] and abs(manifest["steps"] - selected["steps"]) <= 1
+
+
+def test_study_refuses_bad_arguments_in_one_line(tmp_path):
+    from prefcurate.flows.cli import app
+
+    for args, message in ((["--seeds", "a,b", "--toy", "small"], "comma-separated integers"),
+                          ([], "give --config or --toy"), (["--toy", "huge"], "--toy must be small or default")):
+        result = CliRunner().invoke(app, ["study", *args])
+        assert result.exit_code == 2 and message in result.output, result.output
