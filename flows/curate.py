@@ -20,7 +20,14 @@ from prefcurate.config import RunConfig, _Pipeline
 from prefcurate.data.stage import IngestOut
 from prefcurate.errors import SelectionError
 from prefcurate.evaluation.stage import GenerateOut
-from prefcurate.flows.runs import announce_estimate, lease_owner, parent_run, resolve_run, task_runner, use_torch_threads
+from prefcurate.flows.runs import (
+    announce_estimate,
+    lease_owner,
+    parent_run,
+    resolve_run,
+    task_runner,
+    use_torch_threads,
+)
 from prefcurate.lease import run_lease
 from prefcurate.manifest import StageOutput, run_uri
 from prefcurate.preflight import preflight
@@ -41,7 +48,6 @@ from prefcurate.tasks.select import select_stage
 from prefcurate.tasks.train import final_stage, validation_model_stage, warmup_stage
 from prefcurate.tracking import RunHandle, log_metrics, run_url, ui_command
 from prefcurate.training.stage import ModelOut
-
 
 FULL = ("full", "full-steps")  # baselines trained on the whole pool
 

@@ -19,7 +19,14 @@ from prefcurate import io
 from prefcurate.config import NightlyConfig
 from prefcurate.data.stage import IngestOut
 from prefcurate.flows.curate import SelectionResult
-from prefcurate.flows.runs import announce_estimate, lease_owner, parent_run, resolve_run, task_runner, use_torch_threads
+from prefcurate.flows.runs import (
+    announce_estimate,
+    lease_owner,
+    parent_run,
+    resolve_run,
+    task_runner,
+    use_torch_threads,
+)
 from prefcurate.lease import run_lease
 from prefcurate.manifest import run_uri
 from prefcurate.preflight import preflight

@@ -13,15 +13,15 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from prefcurate.config import ScaleOutConfig, TrackingConfig, flatten
-from prefcurate.io import sha256_json
 from prefcurate.data.stage import IngestOut
+from prefcurate.io import sha256_json
 from prefcurate.locations import BASE_ENV, absolute_locations
 from prefcurate.progress import duration, estimate_seconds
 from prefcurate.scoring.reference import ReferenceOut
 from prefcurate.tasks.artifacts import publish_mlflow_link
+from prefcurate.tracking import RunHandle, finish_run, log_metrics, log_params, set_tags, start_parent_run
 
 log = logging.getLogger("prefcurate.flows")
-from prefcurate.tracking import RunHandle, finish_run, log_metrics, log_params, set_tags, start_parent_run
 
 
 @contextmanager

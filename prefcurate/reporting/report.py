@@ -122,7 +122,7 @@ def render_report(
     if agreement is not None:
         out += ["## Agreement of the cheap scores with exact influence", ""]
         sections = [("Correlation with IF", agreement.correlations),
-                    ("Overlap coefficient with the TIF selection", agreement.overlap),
+                    ("Overlap with the TIF selection (at each selection's size; then each rule resized to TIF's size)", agreement.overlap),
                     ("Defect detection (AUROC)", agreement.detection),
                     ("Pairs removed by each selection", agreement.removal)]
         for title, table in sections:

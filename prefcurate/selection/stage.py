@@ -85,7 +85,7 @@ def _select(ctx: StageContext, score: ScoreOut) -> SelectOut:
     ctx.hooks.table("selection-summary", selection_summary({"selected": chosen, **others}),
                     description=f"Selections of {ctx.run}: `{config.rule}` is trained on.")
     if not report.overlap.empty:
-        ctx.hooks.table("agreement-overlap", report.overlap, description="Overlap coefficient with the TIF selection.")
+        ctx.hooks.table("agreement-overlap", report.overlap, description="Overlap with the TIF selection, at each selection's size and at TIF's size (chance, excess, kappa).")
     metrics: dict[str, Any] = {"kept_fraction": chosen.kept_fraction, "n_kept": chosen.n_kept,
                                "rows.pool": chosen.n_pool, "rows.kept": chosen.n_kept}
     for name, row in report.overlap.iterrows():

@@ -27,7 +27,7 @@ def test_curate_cli_end_to_end(curated):
     read = len(train) + len(validation) + len(rejects)
     assert f"Data: read {read} rows; train {len(train)}, validation {len(validation)}" in out
     assert f"rejected {len(rejects)}" in out
-    assert "Overlap coefficient with the TIF selection" in out
+    assert "Overlap with the TIF selection" in out and "kappa" in out
     assert f"Run root:   {curated.run}" in out
     assert "models:/toy-selected@candidate (version 1" in out
     assert f"mlflow ui --backend-store-uri {curated.tracking_uri}" in out
