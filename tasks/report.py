@@ -30,5 +30,5 @@ def register_stage(final: ModelOut, select: SelectOut, ingest: IngestOut, judged
                    tracking: RunHandle | None = None) -> RegisterOut:
     """The selected final model as a new version of `tracking.register_model` with alias `model_alias`,
     described and tagged with its rule, kept share, win rates and digests."""
-    return run_spec(REGISTER, run, config, inputs={"final": final, "select": select, "ingest": ingest, "judged": judged},
-                    tracking=tracking)
+    inputs = {"final": final, "selection": select.selection, "ingest": ingest, "judged": judged}
+    return run_spec(REGISTER, run, config, inputs=inputs, tracking=tracking)

@@ -13,7 +13,7 @@ from prefcurate.manifest import FileRef, StageOutput
 from prefcurate.reporting import plots
 from prefcurate.reporting.report import inline_figures, render_report, write_report
 from prefcurate.scoring.stage import ScoreOut
-from prefcurate.selection.selection import read_selection
+from prefcurate.selection.selection import Selection, read_selection
 from prefcurate.selection.stage import SelectOut
 from prefcurate.stage import StageContext, StageSpec
 from prefcurate.tracking import TrackingError, log_artifact, register_model
@@ -62,7 +62,7 @@ class RegisterOut(StageOutput):
     alias: str
 
 
-def version_tags(final: ModelOut, select: SelectOut, ingest: IngestOut, judged: JudgeOut) -> dict[str, str]:
+def version_tags(final: ModelOut, select: Selection, ingest: IngestOut, judged: JudgeOut) -> dict[str, str]:
     """What a model-registry reader compares versions by: the rule, how much it kept, how it did, on what."""
     tags = {"prefcurate.rule": select.rule, "prefcurate.kept_fraction": f"{select.kept_fraction:.4f}",
             "prefcurate.n_kept": str(select.n_kept), "prefcurate.n_pool": str(select.n_pool),
@@ -75,15 +75,18 @@ def version_tags(final: ModelOut, select: SelectOut, ingest: IngestOut, judged: 
     return tags
 
 
-def _register(ctx: StageContext, final: ModelOut, select: SelectOut, ingest: IngestOut, judged: JudgeOut) -> RegisterOut:
+def _register(ctx: StageContext, final: ModelOut, selection: FileRef, ingest: IngestOut, judged: JudgeOut) -> RegisterOut:
     """Register the selected final model as a new version of `tracking.register_model`, alias `model_alias`,
     with a description and tags naming its rule, kept share, win rates and data and model digests.
 
-    A stage like every other: a resumed run does not register the same model twice.
+    A stage like every other: a resumed run does not register the same model twice. It reads the
+    selection itself (not the select stage's whole output), so a change to the agreement report
+    alone (new defect labels) registers nothing new.
     """
     tracking = ctx.config.tracking
     if ctx.tracking is None:
         raise TrackingError("registering a model needs an MLflow run; set tracking.tracking_uri")
+    select = read_selection(selection.uri)
     tags = version_tags(final, select, ingest, judged)
     win = tags.get("prefcurate.win_rate.selected", "-")
     description = (f"DPO from the warm-up model on the {select.n_kept} of {select.n_pool} pairs ({select.kept_fraction:.1%}) "

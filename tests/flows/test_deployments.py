@@ -133,6 +133,7 @@ def test_ci_workflow_sends_a_valid_config_to_an_existing_deployment(tmp_path):
 
 
 def test_serve_command_serves_the_deployments_or_explains_its_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFCURATE_BASE_DIR", str(tmp_path))  # `serve` sets it for its runs; not for later tests
     import prefect
     from typer.testing import CliRunner
 

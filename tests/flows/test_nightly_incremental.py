@@ -132,6 +132,7 @@ def test_every_location_the_cli_prints_works_from_another_directory(toy_world, p
     here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
     here.mkdir(), elsewhere.mkdir()
     monkeypatch.chdir(here)
+    monkeypatch.delenv("PREFCURATE_BASE_DIR", raising=False)  # the CLI: relative to where it runs
     config = {"model": {"uri": toy_world.checkpoint_dir},
               "data": {"pool_uri": toy_world.pool_parquet, "validation_uri": toy_world.validation_parquet},
               "scoring": {"shard_size": 120}, "tracking": {"experiment": "links"},

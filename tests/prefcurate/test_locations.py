@@ -38,6 +38,7 @@ def test_run_names_fresh_from_a_deployment_stable_from_the_cli(monkeypatch, tmp_
     from prefcurate.flows.runs import resolve_run
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PREFCURATE_BASE_DIR", raising=False)
     here = resolve_run(_config(), "nightly")
     assert here.run_name == "nightly" and here.root == str(tmp_path / "runs")  # the CLI: a rerun resumes
     monkeypatch.setenv("PREFECT__RUNTIME__DEPLOYMENT__ID", "0b6f3c3e-0000-4000-8000-000000000001")
