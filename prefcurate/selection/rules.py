@@ -101,18 +101,26 @@ def select(scores: pd.DataFrame, config: SelectionConfig, size: int | None = Non
 FLAG_BANDS = {"tif": (("if",), 50.0)}
 
 
+def _distance_from_middle(scores: pd.DataFrame, rule: str, columns: tuple[str, ...], middle: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Each pair's largest distance, over `columns`, of its percentile rank from the `middle` percentile."""
+    recorded = {column: _column(scores, column, rule) for column in columns}
+    ranks = [100.0 * (stats.rankdata(values) - 0.5) / len(scores) for values in recorded.values()]
+    return np.max([np.abs(r - middle) for r in ranks], axis=0), recorded
+
+
+def _check_k(rule: str, k: int, n: int) -> None:
+    if not 1 <= k <= n:
+        raise SelectionError(f"rule '{rule}' asked to keep {k} of {n} pairs; choose a size between 1 and {n}")
+
+
 def central_k(scores: pd.DataFrame, rule: Rule, config: SelectionConfig, k: int) -> Selection:
     """A band (or flag) rule resized to exactly k pairs: the k whose scores sit nearest the middle
     of the band — by percentile rank, the largest distance over the rule's columns, ties by pair_id.
     Widening or narrowing a band symmetrically keeps pairs in this order, so at the band's own
     size this is (up to ties at its edges) the band itself."""
-    n = len(scores)
-    if not 1 <= k <= n:
-        raise SelectionError(f"rule '{rule.name}' asked to keep {k} of {n} pairs; choose a size between 1 and {n}")
+    _check_k(rule.name, k, len(scores))
     columns, middle = FLAG_BANDS.get(rule.name, (rule.columns, (config.band[0] + config.band[1]) / 2))
-    recorded = {column: _column(scores, column, rule.name) for column in columns}
-    ranks = [100.0 * (stats.rankdata(values) - 0.5) / n for values in recorded.values()]
-    distance = np.max([np.abs(r - middle) for r in ranks], axis=0)
+    distance, recorded = _distance_from_middle(scores, rule.name, columns, middle)
     ids = scores["pair_id"].astype(str).to_numpy()
     rows = np.sort(np.lexsort((ids, distance))[:k])  # kept in pool order, as the band keeps them
     params = {"size": k, "size_from": "resized to equal size", "centre_percentile": middle, "columns": list(columns),
@@ -195,17 +203,21 @@ def _band_and_cuts(scores: pd.DataFrame, config: SelectionConfig) -> Selection:
 
 
 def clearest_k(scores: pd.DataFrame, rule: Rule, config: SelectionConfig, k: int) -> Selection:
-    """A cut rule resized to exactly k pairs: the k furthest above their cuts (the smallest margin over the
-    cut columns, each in units of its standard deviation), ties by pair_id."""
-    n = len(scores)
-    if not 1 <= k <= n:
-        raise SelectionError(f"rule '{rule.name}' asked to keep {k} of {n} pairs; choose a size between 1 and {n}")
+    """A cut rule resized to exactly k pairs. Cuts alone: the k furthest above their cuts (the smallest
+    margin over the cut columns, each in units of its standard deviation). A band and cuts: the pairs
+    inside the cuts first, each group most central in the band first. Ties by pair_id."""
+    _check_k(rule.name, k, len(scores))
     cuts = _cuts(config)
-    _, recorded = _cut_mask(scores, rule.name, cuts)
-    margins = [(recorded[c] - bound) / (np.std(recorded[c]) or 1.0) for c, bound in cuts.items()]
-    margin = np.min(margins, axis=0)
-    params = {"size": k, "size_from": "resized to equal size", "cuts": cuts, "order": "smallest margin above the cuts, descending"}
-    return _top_k(scores, rule.name, "cut_margin", margin, k, descending=True, params=params)
+    inside, recorded = _cut_mask(scores, rule.name, cuts)
+    params = {"size": k, "size_from": "resized to equal size", "cuts": cuts}
+    if not rule.columns:
+        margin = np.min([(recorded[c] - bound) / (np.std(recorded[c]) or 1.0) for c, bound in cuts.items()], axis=0)
+        return _top_k(scores, rule.name, "cut_margin", margin, k, descending=True,
+                      params={**params, "order": "smallest margin above the cuts, descending"})
+    distance, banded = _distance_from_middle(scores, rule.name, rule.columns, (config.band[0] + config.band[1]) / 2)
+    ids = scores["pair_id"].astype(str).to_numpy()
+    rows = np.sort(np.lexsort((ids, distance, ~inside))[:k])
+    return _make(scores, rule.name, {**params, "order": "inside the cuts, then most central"}, rows, {**banded, **recorded})
 
 
 @rule("tif", "flag", ("tif",))

@@ -79,3 +79,14 @@ def test_agreement_compares_every_rule_at_tif_size(scores):
     assert any("fixed by construction" in note for note in report.notes)
     again = type(report).from_json(report.to_json())
     assert list(again.overlap.columns) == list(table.columns)
+
+
+def test_band_and_cuts_resized_keeps_the_band_order_inside_the_cuts(scores):
+    config = SelectionConfig(rule="lossdiff-irm-cuts")
+    inside = set(scores.loc[scores["irm"] > 0, "pair_id"])
+    small = select(scores, config, size=50)
+    assert set(small.kept_ids) <= inside  # fewer than pass the cuts: all from inside them
+    central = select(scores, SelectionConfig().model_copy(update={"rule": "lossdiff-irm"}), size=len(scores))
+    assert set(small.kept_ids) != set(select(scores, SelectionConfig(rule="cuts"), size=50).kept_ids)
+    big = select(scores, config, size=len(inside) + 10)
+    assert inside <= set(big.kept_ids) and central.n_kept == len(scores)
