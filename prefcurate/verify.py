@@ -88,7 +88,7 @@ class VerifyReport(BaseModel):
     """Every check of one run, and those that could not apply to it."""
 
     run_uri: str
-    float64: bool
+    dtype: str = Field(description="The precision the models ran in: float64 when asked, else as the checkpoints load.")
     sample: int = Field(description="Pairs whose IF was recomputed.")
     n_pool: int
     seed: int
@@ -105,8 +105,7 @@ class VerifyReport(BaseModel):
 
     def render(self) -> str:
         """The table the CLI prints, a line per failed check saying where, and the skipped checks."""
-        precision = "float64" if self.float64 else "float32"
-        lines = [f"Verify {self.run_uri} ({precision}; IF on {self.sample} of {self.n_pool} pairs, seed {self.seed})",
+        lines = [f"Verify {self.run_uri} ({self.dtype}; IF on {self.sample} of {self.n_pool} pairs, seed {self.seed})",
                  f"  {'check':<13} {'n':>7} {'max abs err':>12} {'max rel err':>12} {'tolerance':>10}  result"]
         for c in self.checks:
             lines.append(f"  {c.name:<13} {c.n:>7} {c.max_abs_error:>12.3g} {c.max_rel_error:>12.3g} {c.tolerance:>10.3g}  "
@@ -364,6 +363,7 @@ def verify_run(uri: str, *, sample: int = 64, seed: int = 0, float64: bool = Fal
     collator = make_collator(tokenizer, training.max_length, training.truncation_mode)
     pool, validation = _pairs(pool_pairs, tokenizer), _pairs(val_pairs, tokenizer)
     theta = _logps(policy, pool, collator, where, "θ log-probs")
+    dtype = str(next(policy.parameters()).dtype).removeprefix("torch.")
     rows = sample_rows(pool.ids, sample, seed)
     checks, skipped = [], {}
     if run.gradient is not None:
@@ -392,5 +392,5 @@ def verify_run(uri: str, *, sample: int = 64, seed: int = 0, float64: bool = Fal
     if run.gradient is not None:
         checks.append(_tif_check(scores, scoring, tol["tif"]))
     checks.append(_selection_check(run, scores, selection, tol["selection"]))
-    return VerifyReport(run_uri=run.uri, float64=float64, sample=len(rows), n_pool=len(pool.ids), seed=seed,
+    return VerifyReport(run_uri=run.uri, dtype=dtype, sample=len(rows), n_pool=len(pool.ids), seed=seed,
                         checks=checks, skipped=skipped)

@@ -46,10 +46,10 @@ def test_a_finished_run_passes_every_check(curated):
     assert result.exit_code == 0, result.output
     for name in TOLERANCES:
         assert any(line.split()[:1] == [name] and line.rstrip().endswith("ok") for line in out.splitlines()), (name, out)
-    assert "IF on 16 of 240 pairs" in out
+    assert "(float32; IF on 16 of 240 pairs, seed 0)" in out
     result, out = _verify(str(curated.run), *SAMPLE, "--float64", "--json")
     report = json.loads(out)
-    assert result.exit_code == 0 and report["passed"] and report["float64"], out
+    assert result.exit_code == 0 and report["passed"] and report["dtype"] == "float64", out
     assert {c["name"] for c in report["checks"]} == set(TOLERANCES)
 
 
