@@ -418,6 +418,50 @@ def _check_judgments(judged: JudgeOut | None, max_failed_fraction: float) -> Non
 
 
 @app.command()
+def verify(
+    run: str = typer.Argument(help="A finished run directory <root>/<run>, local or s3://, e.g. runs/default."),
+    sample: int = typer.Option(64, min=1, help="Pairs of the pool whose IF is recomputed by a per-pair backward (seeded)."),
+    seed: int = typer.Option(0, help="Seed of the IF sample."),
+    float64: bool = typer.Option(False, "--float64", help="Recompute in float64, so the errors left are the run's own "
+                                 "(tells whether fp32 jvp or fp32 autograd is off on a deep model)."),
+    tolerances: list[str] = typer.Option(None, "--tolerance", help="CHECK=VALUE, the largest relative error that passes, "
+                                         "e.g. --tolerance if=1e-3; checks: val-gradient, if, lossdiff, irm, tif, "
+                                         "selection; repeatable."),
+    device: str = typer.Option(None, help="Where the models run (cpu, cuda, cuda:1); default: cuda when available."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+) -> None:
+    """Recompute a finished run's numbers independently and compare them with what it stored.
+
+    ∇L_val, and the IF of a sample of pairs, by one loss.backward() per pair (not scoring's jvp).
+    LossDiff and IRM of every pair from the stored models, π_ref's log-probs again from the SFT model.
+    TIF and every selection again from the stored scores and rules.
+    Exit 0 when every check is within tolerance, 1 when one is not, 2 when the run cannot be verified.
+    """
+    overrides: dict[str, float] = {}
+    for item in tolerances or []:
+        name, _, value = item.partition("=")
+        try:
+            overrides[name] = float(value)
+        except ValueError:
+            fail(f"--tolerance expects CHECK=NUMBER, got '{item}'")
+    _quiet_libraries()
+    import logging
+
+    from prefcurate.verify import verify_run
+
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("prefcurate").setLevel(logging.INFO)  # the phases and ETA lines, on stderr
+    try:
+        report = verify_run(run, sample=sample, seed=seed, float64=float64, tolerances=overrides, device=device)
+    except PrefcurateError as exc:
+        fail(str(exc))
+    typer.echo(report.model_dump_json() if as_json else report.render())
+    if not report.passed:
+        typer.echo(f"error: beyond tolerance: {', '.join(report.failed())}", err=True)
+        raise typer.Exit(code=1)
+
+
+@app.command()
 def serve(
     config: str = typer.Option(None, "--config", help="YAML nightly config for the scheduled run; without it the schedule is created inactive."),
     sets: list[str] = typer.Option(None, "--set", help=SET_HELP),

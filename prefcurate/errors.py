@@ -42,6 +42,10 @@ class JudgeError(PrefcurateError):
     """A judge cannot produce verdicts (endpoint down, bad model)."""
 
 
+class VerifyError(PrefcurateError):
+    """A run cannot be verified: not a run directory, or a stage verify needs has not finished."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type when it has none): what a one-line error quotes."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -50,7 +50,7 @@ def selection_summary(selections: Mapping[str, Selection]) -> list[dict[str, Any
     ]
 
 
-def _others(scores: Any, config: Any, size: int) -> dict[str, Selection]:
+def comparison_selections(scores: Any, config: Any, size: int) -> dict[str, Selection]:
     """Every other rule on the same scores, at the selection's size (top-k rules always; band rules
     with `selection.equal_size`); rules whose columns are absent (no IF, no dataset ratings) are
     left out with a log line."""
@@ -77,7 +77,7 @@ def _select(ctx: StageContext, score: ScoreOut) -> SelectOut:
     chosen = select(scores, config)
     directory = ctx.path("selection")
     write_selection(chosen, directory)
-    others = _others(scores, config, chosen.n_kept)
+    others = comparison_selections(scores, config, chosen.n_kept)
     others = {name: others[name] for name in sorted(others, key=lambda n: n != "random")}  # the random baseline first
     rule_dirs = {rule: write_selection(sel, io.join(directory, "rules", rule)) for rule, sel in others.items()}
     report = agreement.agreement_report(scores, {config.rule: chosen, **others}, _defects(ctx.config), config=config)
