@@ -22,8 +22,15 @@ def test_model_check(smollm2_dir):
     assert info["chat_template"] and not info["chat_template_supplied"]
 
 
-def test_data_check(real_data):
-    result = runner.invoke(app, ["data", "check", str(real_data.pool), "--json"])
+def test_data_check_with_token_lengths(real_data, smollm2_dir):
+    args = ["data", "check", str(real_data.pool), "--model", str(smollm2_dir), "--max-length", "51"]
+    result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["rows_read"] == summary["rows_kept"] == 36 and summary["rows_rejected"] == 0
+    lengths = summary["lengths"]
+    # SmolLM2's template adds its default system turn: 40 prompt tokens for a one-line question
+    assert lengths["tokens"]["prompt"]["max"] == 41 and lengths["tokens"]["sequence"]["max"] == 53
+    assert 0 < lengths["n_truncated"] < 36 and lengths["n_dropped"] == 0
+    human = runner.invoke(app, args)
+    assert f"max_length 51 (keep_start): {lengths['n_truncated']} pairs truncated, 0 dropped" in human.stdout

@@ -53,6 +53,9 @@ def test_curate_end_to_end_with_lora(smollm2_dir, real_data, prefect_harness, tm
     config_file.write_text(yaml.safe_dump(real_config(smollm2_dir, real_data, tmp_path)))
     result = CliRunner().invoke(app, ["curate", "--config", str(config_file)])
     assert result.exit_code == 0, result.output
+    assert "token lengths of 36 pairs" in result.output.splitlines()[0]  # printed before the first stage
+    # the 40-token prompts (SmolLM2's system turn) leave 8 response tokens: every pair is cut, none dropped
+    assert "max_length 48 (keep_start): 36 pairs truncated, 0 dropped" in result.output
     run = tmp_path / "runs" / "real"
     for rel in ("scores/scores.parquet", "selection/selection.json", "eval/leaderboard.csv", "report.md"):
         assert (run / rel).exists(), rel
