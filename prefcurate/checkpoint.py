@@ -255,6 +255,12 @@ def _metadata(local_dir: Path) -> dict:
         raise CheckpointError(f"{path} is not valid JSON: {exc}; delete it or re-save the checkpoint") from exc
 
 
+def load_tokenizer(source: ModelSource | str, cache_dir: str | os.PathLike | None = None) -> Any:
+    """The checkpoint's validated tokenizer with its chat template, without loading any weights."""
+    source = _source(source)
+    return _load_tokenizer(_resolve(source, cache_dir), source)[0]
+
+
 def inspect_checkpoint(source: ModelSource | str, cache_dir: str | os.PathLike | None = None) -> CheckpointInfo:
     """Validate a checkpoint and describe it without loading its weights."""
     source = _source(source)

@@ -122,7 +122,8 @@ def validation_gradient(
     model.eval()
     params = trainable_parameters(model)
     names = list(params)
-    total = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
+    # accumulated in fp32 at least (a float64 model keeps float64: the tests' reference precision)
+    total = {name: torch.zeros_like(p, dtype=torch.promote_types(p.dtype, torch.float32)) for name, p in params.items()}
     tokenized = _prepare(val_pairs, tokenizer)
     ref_logps = reference_index(ref_logps)
     n, loss_sum = len(tokenized), 0.0
@@ -140,7 +141,7 @@ def validation_gradient(
             check_finite(ids, validation_loss=loss)
             grads = torch.autograd.grad(loss.sum() / n, [params[k] for k in names])
             for name, g in zip(names, grads):
-                total[name] += g.float()
+                total[name] += g.to(total[name].dtype)
             loss_sum += float(loss.detach().sum())
     finally:
         model.train(was_training)

@@ -139,6 +139,11 @@ def iter_batches(
 HEAD_CHUNK = 128
 
 
+def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits go up to fp32 for the log-softmax; float64 stays float64 (the tests' reference)."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 class AnswerLogps(torch.nn.Module):
     """Summed completion log-probs of a causal LM, with its output head applied at answer positions only.
 
@@ -179,11 +184,25 @@ class AnswerLogps(torch.nn.Module):
             logits = logits * self.logit_scale
         if self.softcap is not None:
             logits = torch.tanh(logits / self.softcap) * self.softcap
-        logits = logits.float()
+        logits = at_least_fp32(logits)
         return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
+    def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings whose `padding_idx` rows are constants, under jvp as under autograd.
+
+        nn.Embedding's backward gives its padding row no gradient, but forward-mode AD does
+        carry that row's tangent. Harmless when the pad token is only padding; SmolLM2's pad
+        token is `<|im_end|>`, in every turn of its chat template, and jvp IF then differed from
+        the gradient TRL trains with by 0.2 % (of the embedding's share) on that model.
+        """
+        embedding = self.model.get_input_embeddings()
+        embeds = embedding(input_ids)
+        if getattr(embedding, "padding_idx", None) is None:
+            return embeds
+        return torch.where((input_ids == embedding.padding_idx).unsqueeze(-1), embeds.detach(), embeds)
+
     def forward(self, input_ids, positions, labels, valid):
-        hidden = self.model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+        hidden = self.model.get_decoder()(inputs_embeds=self._embed(input_ids), use_cache=False).last_hidden_state
         hidden = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # (rows, answer, H)
         step = max(1, self.head_chunk // max(hidden.shape[0], 1))
         total = None
@@ -208,7 +227,7 @@ def sequence_logps(
 
 def completion_logps(logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
     """Sum over completion positions of log p(token | prefix), from full logits (the reference the tests compare to)."""
-    logits = logits[:, :-1].float()
+    logits = at_least_fp32(logits[:, :-1])
     labels = input_ids[:, 1:]
     token_logps = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     mask = completion_mask[:, 1:].bool()

@@ -64,6 +64,20 @@ def test_data_check_summary_and_json(tmp_path):
     }
 
 
+def test_data_check_with_a_model_reports_token_lengths(tmp_path, checkpoint):
+    path = tmp_path / "pool.jsonl"
+    path.write_text("\n".join(json.dumps(uf_row(i)) for i in range(6)) + "\n")
+    args = ["data", "check", str(path), "--model", str(checkpoint[0]), "--max-length", "8"]
+    as_json = runner.invoke(app, [*args, "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    lengths = json.loads(as_json.stdout)["lengths"]
+    assert lengths["n_pairs"] == 6 and lengths["max_length"] == 8 and lengths["truncation_mode"] == "keep_start"
+    assert lengths["n_truncated"] == 6 and set(lengths["tokens"]) == {"prompt", "response", "sequence"}
+    human = runner.invoke(app, args)
+    assert "token lengths of 6 pairs" in human.stdout and "max_length 8 (keep_start): 6 pairs truncated" in human.stdout
+    assert_one_line_error(runner.invoke(app, ["data", "check", str(path), "--model", str(tmp_path / "none")]), "does not exist")
+
+
 def test_data_check_max_prompt_chars(tmp_path):
     path = tmp_path / "pool.jsonl"
     path.write_text("\n".join(json.dumps(uf_row(i)) for i in range(3)))

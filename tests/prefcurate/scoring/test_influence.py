@@ -88,6 +88,18 @@ def test_jvp_influence_equals_per_example_gradient_loop(world, make_model):
         assert all("lora_" in name for name in gradient.tensors)
 
 
+def test_jvp_influence_with_a_pad_token_inside_every_turn(world):
+    """SmolLM2's pad token is its end-of-turn token: the embedding's padding row then gets no gradient
+    from autograd, and jvp IF must leave that row's tangent out of the input path the same way."""
+    tok, val, pool, ref_logps = world
+    model = full_model(tok)
+    model.model.embed_tokens.padding_idx = tok.eos_token_id  # `<|end|>` closes every turn of the toy template
+    gradient = validation_gradient(model, tok, val, ref_logps, beta=BETA, batch_size=4, desc=None)
+    scores = influence_scores(model, tok, pool, ref_logps, gradient, beta=BETA, batch_size=8, desc=None)
+    loop = np.array([dot(g, gradient.tensors) for g in per_pair_gradients(model, tok, pool, ref_logps)])
+    assert np.abs(scores["if"].to_numpy() - loop).max() / np.abs(loop).max() < 1e-4
+
+
 def test_validation_gradient_is_gradient_of_mean_validation_loss(world):
     tok, val, _, ref_logps = world
     model = full_model(tok)
