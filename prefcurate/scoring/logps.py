@@ -118,10 +118,11 @@ def iter_batches(
 ) -> Iterator[tuple[list[str], dict, list[dict]]]:
     """(pair ids, collated tensors, raw examples) per batch, in dataset order.
 
-    The columns are read once (not a dataset slice per batch: on a small model that Python
-    work costs as much as the forward); batches follow `batch_plan`.
+    The columns are read once, in one Arrow conversion (not a dataset slice per batch, nor a
+    row-by-row column read: on a small model that Python work costs as much as the forward);
+    batches follow `batch_plan`.
     """
-    columns = {k: tokenized[k] for k in ("pair_id", "prompt_ids", "chosen_ids", "rejected_ids")}
+    columns = tokenized.select_columns(["pair_id", "prompt_ids", "chosen_ids", "rejected_ids"])[:]  # one Arrow read
     examples = [
         {"prompt_ids": p, "chosen_ids": c, "rejected_ids": r}
         for p, c, r in zip(columns["prompt_ids"], columns["chosen_ids"], columns["rejected_ids"])
@@ -133,10 +134,12 @@ def iter_batches(
         yield columns["pair_id"][start:stop], collator(rows), rows
 
 
-# Answer positions whose vocabulary projection and log-softmax are computed at once: the
-# [positions × vocabulary] logits (and, under jvp, their tangent) are the largest tensors
-# of scoring on a large-vocabulary model, so they are never formed for a whole batch.
-HEAD_CHUNK = 128
+# Logits (answer positions × vocabulary) whose projection and log-softmax are computed at
+# once: on a large-vocabulary model the logits (and, under jvp, their tangent) are the
+# largest tensors of scoring, so they are never formed for a whole batch — 2**24 logits
+# (64 MB in fp32) are ~110 positions of Qwen2's 151,936 words. On a small vocabulary the
+# whole batch is one chunk: one head call per batch, no per-position Python loop.
+HEAD_CHUNK_LOGITS = 2**24
 
 
 class AnswerLogps(torch.nn.Module):
@@ -144,8 +147,8 @@ class AnswerLogps(torch.nn.Module):
 
     Runs the model's decoder (`get_decoder()`) over the batch, gathers the final hidden
     states at the positions that predict a completion token, and applies the output
-    projection (`get_output_embeddings()`) and log-softmax there, `HEAD_CHUNK` positions
-    at a time: prompt and padding positions never meet the vocabulary. A module wrapping
+    projection (`get_output_embeddings()`) and log-softmax there, at most `HEAD_CHUNK_LOGITS`
+    logits at a time: prompt and padding positions never meet the vocabulary. A module wrapping
     the model, so `torch.func.functional_call` can swap the model's parameters in (keys
     prefixed `model.`). The positions are gathered with fixed shapes (rows padded to the
     batch's longest answer), so it runs under `jvp`, `grad` and `vmap` alike.
@@ -154,7 +157,7 @@ class AnswerLogps(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, head_chunk: int | None = None, checkpoint_head: bool = False):
         super().__init__()
         self.model = model
-        self.head_chunk = head_chunk or HEAD_CHUNK
+        self.head_chunk = head_chunk or HEAD_CHUNK_LOGITS
         self.checkpoint_head = checkpoint_head
         config = getattr(model, "config", None)
         self.logit_scale = getattr(config, "logit_scale", None)
@@ -185,7 +188,8 @@ class AnswerLogps(torch.nn.Module):
     def forward(self, input_ids, positions, labels, valid):
         hidden = self.model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
         hidden = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # (rows, answer, H)
-        step = max(1, self.head_chunk // max(hidden.shape[0], 1))
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        step = max(1, self.head_chunk // (max(hidden.shape[0], 1) * vocab))  # answer columns per chunk
         total = None
         for start in range(0, hidden.shape[1], step):
             h, y, v = hidden[:, start : start + step], labels[:, start : start + step], valid[:, start : start + step]

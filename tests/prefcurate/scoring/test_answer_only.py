@@ -127,9 +127,11 @@ def qwen_case(tok):
 
 @pytest.fixture(params=["toy", "qwen2-shaped"])
 def case(request, tok, monkeypatch):
-    # a head chunk small enough that every batch spans several chunks
-    monkeypatch.setattr(logps_module, "HEAD_CHUNK", 16 if request.param == "toy" else 64)
     reference, policy, pairs = (toy_case if request.param == "toy" else qwen_case)(tok)
+    # a head chunk small enough that every batch (4 pairs: 8 rows) spans several chunks: 2 (toy)
+    # or 8 answer columns per chunk
+    columns = 2 if request.param == "toy" else 8
+    monkeypatch.setattr(logps_module, "HEAD_CHUNK_LOGITS", columns * 8 * policy.config.vocab_size)
     return request.param, reference, policy, pairs
 
 
