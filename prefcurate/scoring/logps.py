@@ -150,8 +150,12 @@ class AnswerLogps(torch.nn.Module):
     projection (`get_output_embeddings()`) and log-softmax there, at most `HEAD_CHUNK_LOGITS`
     logits at a time: prompt and padding positions never meet the vocabulary. A module wrapping
     the model, so `torch.func.functional_call` can swap the model's parameters in (keys
-    prefixed `model.`). The positions are gathered with fixed shapes (rows padded to the
-    batch's longest answer), so it runs under `jvp`, `grad` and `vmap` alike.
+    prefixed `model.`).
+
+    Two forms of the answer positions, both fixed inputs (computed before any transform):
+    `answer_tokens` packs the batch's answer tokens into one list (no padding reaches the
+    head; `jvp` and `grad`), `answer_positions` pads each row to the batch's longest answer
+    (fixed shapes per row, so per-pair `vmap` works too).
     """
 
     def __init__(self, model: torch.nn.Module, head_chunk: int | None = None, checkpoint_head: bool = False):
@@ -174,6 +178,17 @@ class AnswerLogps(torch.nn.Module):
         labels = input_ids[:, 1:].gather(1, order)
         return order, labels, valid
 
+    @staticmethod
+    def answer_tokens(input_ids: torch.Tensor, completion_mask: torch.Tensor):
+        """(positions, labels, rows): the batch's answer tokens packed in one list, in row order.
+
+        `positions` index the flattened (rows × length) hidden states whose state predicts
+        completion token t+1, `labels` are those tokens, `rows` the row each belongs to.
+        """
+        mask = completion_mask[:, 1:].bool()
+        rows, cols = mask.nonzero(as_tuple=True)
+        return rows * input_ids.shape[1] + cols, input_ids[:, 1:][rows, cols], rows
+
     def _head(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # one contiguous [positions × hidden] matrix: a strided 3-D slice sends the projection
         # (and its tangent) down a batched-matmul path that is several times slower
@@ -185,29 +200,45 @@ class AnswerLogps(torch.nn.Module):
         logits = logits.float()
         return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
-    def forward(self, input_ids, positions, labels, valid):
+    def _chunk_logps(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.checkpoint_head and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self._head, h, y, use_reentrant=False)
+        return self._head(h, y)
+
+    def _vocab(self) -> int:
+        head = self.model.get_output_embeddings()
+        return head.weight.shape[0] if hasattr(head, "weight") else self.model.config.vocab_size
+
+    def forward(self, input_ids, positions, labels, valid_or_rows):
+        """Per-row summed log-probs; `positions, labels, valid_or_rows` from `answer_tokens` (1-D) or
+        `answer_positions` (2-D)."""
         hidden = self.model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+        if positions.dim() == 1:
+            return self._packed(hidden, positions, labels, valid_or_rows)
+        valid = valid_or_rows
         hidden = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # (rows, answer, H)
-        vocab = self.model.get_output_embeddings().weight.shape[0]
-        step = max(1, self.head_chunk // (max(hidden.shape[0], 1) * vocab))  # answer columns per chunk
+        step = max(1, self.head_chunk // (max(hidden.shape[0], 1) * self._vocab()))  # answer columns per chunk
         total = None
         for start in range(0, hidden.shape[1], step):
             h, y, v = hidden[:, start : start + step], labels[:, start : start + step], valid[:, start : start + step]
-            if self.checkpoint_head and torch.is_grad_enabled():
-                token_logps = torch.utils.checkpoint.checkpoint(self._head, h, y, use_reentrant=False)
-            else:
-                token_logps = self._head(h, y)
+            token_logps = self._chunk_logps(h, y)
             part = torch.where(v, token_logps, torch.zeros_like(token_logps)).sum(-1)
             total = part if total is None else total + part
         return total
+
+    def _packed(self, hidden, positions, labels, rows):
+        flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)  # (answer tokens, H)
+        step = max(1, self.head_chunk // self._vocab())  # answer tokens per chunk
+        parts = [self._chunk_logps(flat[i : i + step], labels[i : i + step]) for i in range(0, len(positions), step)]
+        token_logps = torch.cat(parts) if parts else flat.new_zeros(0, dtype=torch.float32)
+        return token_logps.new_zeros(hidden.shape[0]).index_add(0, rows, token_logps)
 
 
 def sequence_logps(
     model: torch.nn.Module, input_ids: torch.Tensor, completion_mask: torch.Tensor, **kwargs
 ) -> torch.Tensor:
     """Summed log-prob of the completion tokens of each row (differentiable, torch.func-safe)."""
-    positions, labels, valid = AnswerLogps.answer_positions(input_ids, completion_mask)
-    return AnswerLogps(model, **kwargs)(input_ids, positions, labels, valid)
+    return AnswerLogps(model, **kwargs)(input_ids, *AnswerLogps.answer_tokens(input_ids, completion_mask))
 
 
 def completion_logps(logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
@@ -314,7 +345,7 @@ def compute_logps(
     try:
         for ids, batch, examples in iter_batches(tokenized, batch_size, collator, desc, max_tokens_per_batch):
             input_ids, mask = batch["input_ids"].to(device), batch["completion_mask"].to(device)
-            chosen, rejected = head(input_ids, *AnswerLogps.answer_positions(input_ids, mask)).chunk(2, dim=0)
+            chosen, rejected = head(input_ids, *AnswerLogps.answer_tokens(input_ids, mask)).chunk(2, dim=0)
             check_finite(ids, chosen_logps=chosen, rejected_logps=rejected)
             lengths = batch["completion_mask"].sum(-1)
             n = len(ids)

@@ -181,6 +181,25 @@ def test_answer_positions_are_the_completion_positions_in_order():
     assert valid.tolist() == [[True, True, True], [True, True, False]]
 
 
+def test_answer_tokens_are_the_completion_positions_packed_in_row_order():
+    input_ids = torch.tensor([[5, 6, 7, 8, 9, 0], [5, 6, 7, 0, 0, 0]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 0, 0, 0]])
+    positions, labels, rows = AnswerLogps.answer_tokens(input_ids, mask)
+    assert positions.tolist() == [1, 2, 3, 6, 7] and labels.tolist() == [7, 8, 9, 6, 7] and rows.tolist() == [0, 0, 0, 1, 1]
+
+
+def test_packed_and_padded_answer_forms_agree(tok, case):
+    """The packed form (log-probs, jvp, ∇L_val) and the per-row padded one (cosine IF's vmap) give one result."""
+    _, _, model, pairs = case
+    batch = next(iter_batches(pairs, 4, make_collator(tok, None, "keep_start")))[1]
+    ids, mask = batch["input_ids"], batch["completion_mask"]
+    head = AnswerLogps(model)
+    with torch.no_grad():
+        packed = head(ids, *AnswerLogps.answer_tokens(ids, mask))
+        padded = head(ids, *AnswerLogps.answer_positions(ids, mask))
+    assert rel(packed, padded) < 2e-6
+
+
 # --- batching by token budget ---------------------------------------------------------------
 
 
