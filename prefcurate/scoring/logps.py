@@ -66,13 +66,47 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return int(pid)
 
 
+ID_KEYS = ("prompt_ids", "chosen_ids", "rejected_ids")
+
+
+class PreferenceCollator(DataCollatorForPreference):
+    """TRL's preference collator with the same output built in a few tensor operations.
+
+    TRL's `torch_call` makes three tensors per sequence and pads them in Python; on a small
+    model that is a tenth of a scoring pass. Examples with only the id keys and no
+    `pad_to_multiple_of` take the vectorised path (a test pins it equal to TRL's, both
+    truncation modes); anything else goes to TRL's own code.
+    """
+
+    def torch_call(self, examples: list[dict]) -> dict:
+        if self.pad_to_multiple_of is not None or any(set(e) - set(ID_KEYS) for e in examples):
+            return super().torch_call(examples)
+        if self.truncation_mode not in ("keep_start", "keep_end"):
+            return super().torch_call(examples)  # TRL raises its own error
+        seqs = [e["prompt_ids"] + e[k] for k in ("chosen_ids", "rejected_ids") for e in examples]
+        starts = torch.tensor([len(e["prompt_ids"]) for e in examples] * 2)
+        lengths = torch.tensor([len(q) for q in seqs])
+        if self.max_length is not None:
+            if self.truncation_mode == "keep_start":
+                seqs = [q[: self.max_length] for q in seqs]
+            else:  # keep_end: the cut comes off the front, the completion start moves with it
+                seqs = [q[-self.max_length :] for q in seqs]
+                starts = starts - (lengths - self.max_length).clamp(min=0)
+            lengths = lengths.clamp(max=self.max_length)
+        width = int(lengths.max()) if len(seqs) else 0
+        position = torch.arange(width)
+        attention = position < lengths[:, None]
+        input_ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
+        input_ids[attention] = torch.tensor([t for q in seqs for t in q], dtype=torch.long)
+        completion = attention & (position >= starts[:, None])
+        return {"input_ids": input_ids, "attention_mask": attention.long(), "completion_mask": completion.long()}
+
+
 def make_collator(
     tokenizer: PreTrainedTokenizerBase, max_length: int | None, truncation_mode: str
 ) -> DataCollatorForPreference:
-    """TRL's own preference collator: chosen rows then rejected rows, right padded and truncated."""
-    return DataCollatorForPreference(
-        pad_token_id=pad_token_id(tokenizer), max_length=max_length, truncation_mode=truncation_mode
-    )
+    """TRL's preference collator (its output, built faster): chosen rows then rejected rows, right padded and truncated."""
+    return PreferenceCollator(pad_token_id=pad_token_id(tokenizer), max_length=max_length, truncation_mode=truncation_mode)
 
 
 def truncation_flags(example: dict, max_length: int | None) -> bool:

@@ -231,3 +231,20 @@ def test_long_pairs_are_batched_under_the_budget_with_unchanged_scores(tok):
         assert rel(budgeted[column], whole[column]) < 2e-5, column
     logps = compute_logps(model, tok, pairs, max_length=None, max_tokens_per_batch=budget, desc=None)
     assert rel(logps["chosen_logps"], whole["chosen_logps"]) < 2e-6
+
+
+@pytest.mark.parametrize("truncation_mode", ["keep_start", "keep_end"])
+@pytest.mark.parametrize("max_length", [None, 6, 11, 40])
+def test_collator_equals_trls(truncation_mode, max_length):
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    rng = random.Random(max_length or 0)
+    ids = lambda k: [rng.randrange(3, 50) for _ in range(k)]  # noqa: E731
+    examples = [{"prompt_ids": ids(rng.randint(1, 12)), "chosen_ids": ids(rng.randint(0, 9)),
+                 "rejected_ids": ids(rng.randint(1, 9))} for _ in range(7)]  # fmt: skip
+    kwargs = dict(pad_token_id=0, max_length=max_length, truncation_mode=truncation_mode)
+    ours = logps_module.PreferenceCollator(**kwargs)(examples)
+    trls = DataCollatorForPreference(**kwargs)(examples)
+    assert set(ours) == set(trls)
+    for key in trls:
+        assert ours[key].dtype == trls[key].dtype and torch.equal(ours[key], trls[key]), key
