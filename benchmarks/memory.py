@@ -41,10 +41,13 @@ QWEN2_05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, 
 class FullLogits(AnswerLogps):
     """The previous head, for comparison only: full logits, log-softmax at every position, masked after."""
 
-    def forward(self, input_ids, positions, labels, valid):
+    def forward(self, input_ids, positions, labels, valid_or_rows):
         mask = torch.zeros_like(input_ids)
-        mask.scatter_(1, positions + 1, valid.long())
-        mask[:, 0] = 0
+        if positions.dim() == 1:  # packed answer tokens: flat indices into (rows × length)
+            mask.view(-1)[positions + 1] = 1
+        else:
+            mask.scatter_(1, positions + 1, valid_or_rows.long())
+            mask[:, 0] = 0
         logits = self.model(input_ids=input_ids, use_cache=False).logits
         return completion_logps(logits, input_ids, mask)
 

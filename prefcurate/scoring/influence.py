@@ -89,8 +89,8 @@ def _device(model: torch.nn.Module) -> torch.device:
 def _losses(head: AnswerLogps, params, input_ids, answer, ref_chosen, ref_rejected, beta):
     """Per-pair DPO losses (and log-probs as aux) with `params` (keys of `head.model`) swapped in.
 
-    `answer` is `AnswerLogps.answer_positions(input_ids, completion_mask)`: only those
-    positions meet the output head.
+    `answer` is `AnswerLogps.answer_tokens(input_ids, completion_mask)` (or `answer_positions`,
+    padded per row, under `vmap`): only those positions meet the output head.
     """
     swapped = {f"model.{k}": v for k, v in params.items()}
     logps = functional_call(head, swapped, (input_ids, *answer)) if swapped else head(input_ids, *answer)
@@ -136,7 +136,7 @@ def validation_gradient(
         for ids, batch, _ in iter_batches(tokenized, batch_size, collator, desc, max_tokens_per_batch):
             ref_c, ref_r = (t.to(device) for t in reference_tensors(ref_logps, ids))
             input_ids = batch["input_ids"].to(device)
-            answer = AnswerLogps.answer_positions(input_ids, batch["completion_mask"].to(device))
+            answer = AnswerLogps.answer_tokens(input_ids, batch["completion_mask"].to(device))
             loss, _ = _losses(head, {}, input_ids, answer, ref_c, ref_r, beta)
             check_finite(ids, validation_loss=loss)
             grads = torch.autograd.grad(loss.sum() / n, [params[k] for k in names])
@@ -248,7 +248,8 @@ def influence_scores(
         for ids, batch, examples in iter_batches(tokenized, batch_size, collator, desc, max_tokens_per_batch):
             ref_c, ref_r = (t.to(device) for t in reference_tensors(ref_logps, ids))
             input_ids = batch["input_ids"].to(device)
-            answer = AnswerLogps.answer_positions(input_ids, batch["completion_mask"].to(device))
+            mask = batch["completion_mask"].to(device)
+            answer = AnswerLogps.answer_tokens(input_ids, mask)
 
             def losses(p):
                 return _losses(head, p, input_ids, answer, ref_c, ref_r, beta)
@@ -272,7 +273,8 @@ def influence_scores(
                 }
             )
             if cosine:
-                norms = _per_pair_grad_norms(head, params, input_ids, answer, ref_c, ref_r, beta, cosine_chunk)
+                padded = AnswerLogps.answer_positions(input_ids, mask)  # fixed shapes per pair, for vmap
+                norms = _per_pair_grad_norms(head, params, input_ids, padded, ref_c, ref_r, beta, cosine_chunk)
                 frame["grad_norm"] = norms.cpu().numpy()
                 denom = frame["grad_norm"] * val_norm
                 frame["if"] = (frame["if"] / denom).where(denom > 0, 0.0)

@@ -66,13 +66,47 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return int(pid)
 
 
+ID_KEYS = ("prompt_ids", "chosen_ids", "rejected_ids")
+
+
+class PreferenceCollator(DataCollatorForPreference):
+    """TRL's preference collator with the same output built in a few tensor operations.
+
+    TRL's `torch_call` makes three tensors per sequence and pads them in Python; on a small
+    model that is a tenth of a scoring pass. Examples with only the id keys and no
+    `pad_to_multiple_of` take the vectorised path (a test pins it equal to TRL's, both
+    truncation modes); anything else goes to TRL's own code.
+    """
+
+    def torch_call(self, examples: list[dict]) -> dict:
+        if self.pad_to_multiple_of is not None or any(set(e) - set(ID_KEYS) for e in examples):
+            return super().torch_call(examples)
+        if self.truncation_mode not in ("keep_start", "keep_end"):
+            return super().torch_call(examples)  # TRL raises its own error
+        seqs = [e["prompt_ids"] + e[k] for k in ("chosen_ids", "rejected_ids") for e in examples]
+        starts = torch.tensor([len(e["prompt_ids"]) for e in examples] * 2)
+        lengths = torch.tensor([len(q) for q in seqs])
+        if self.max_length is not None:
+            if self.truncation_mode == "keep_start":
+                seqs = [q[: self.max_length] for q in seqs]
+            else:  # keep_end: the cut comes off the front, the completion start moves with it
+                seqs = [q[-self.max_length :] for q in seqs]
+                starts = starts - (lengths - self.max_length).clamp(min=0)
+            lengths = lengths.clamp(max=self.max_length)
+        width = int(lengths.max()) if len(seqs) else 0
+        position = torch.arange(width)
+        attention = position < lengths[:, None]
+        input_ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
+        input_ids[attention] = torch.tensor([t for q in seqs for t in q], dtype=torch.long)
+        completion = attention & (position >= starts[:, None])
+        return {"input_ids": input_ids, "attention_mask": attention.long(), "completion_mask": completion.long()}
+
+
 def make_collator(
     tokenizer: PreTrainedTokenizerBase, max_length: int | None, truncation_mode: str
 ) -> DataCollatorForPreference:
-    """TRL's own preference collator: chosen rows then rejected rows, right padded and truncated."""
-    return DataCollatorForPreference(
-        pad_token_id=pad_token_id(tokenizer), max_length=max_length, truncation_mode=truncation_mode
-    )
+    """TRL's preference collator (its output, built faster): chosen rows then rejected rows, right padded and truncated."""
+    return PreferenceCollator(pad_token_id=pad_token_id(tokenizer), max_length=max_length, truncation_mode=truncation_mode)
 
 
 def truncation_flags(example: dict, max_length: int | None) -> bool:
@@ -118,10 +152,11 @@ def iter_batches(
 ) -> Iterator[tuple[list[str], dict, list[dict]]]:
     """(pair ids, collated tensors, raw examples) per batch, in dataset order.
 
-    The columns are read once (not a dataset slice per batch: on a small model that Python
-    work costs as much as the forward); batches follow `batch_plan`.
+    The columns are read once, in one Arrow conversion (not a dataset slice per batch, nor a
+    row-by-row column read: on a small model that Python work costs as much as the forward);
+    batches follow `batch_plan`.
     """
-    columns = {k: tokenized[k] for k in ("pair_id", "prompt_ids", "chosen_ids", "rejected_ids")}
+    columns = tokenized.select_columns(["pair_id", "prompt_ids", "chosen_ids", "rejected_ids"])[:]  # one Arrow read
     examples = [
         {"prompt_ids": p, "chosen_ids": c, "rejected_ids": r}
         for p, c, r in zip(columns["prompt_ids"], columns["chosen_ids"], columns["rejected_ids"])
@@ -133,10 +168,12 @@ def iter_batches(
         yield columns["pair_id"][start:stop], collator(rows), rows
 
 
-# Answer positions whose vocabulary projection and log-softmax are computed at once: the
-# [positions × vocabulary] logits (and, under jvp, their tangent) are the largest tensors
-# of scoring on a large-vocabulary model, so they are never formed for a whole batch.
-HEAD_CHUNK = 128
+# Logits (answer positions × vocabulary) whose projection and log-softmax are computed at
+# once: on a large-vocabulary model the logits (and, under jvp, their tangent) are the
+# largest tensors of scoring, so they are never formed for a whole batch — 2**24 logits
+# (64 MB in fp32) are ~110 positions of Qwen2's 151,936 words. On a small vocabulary the
+# whole batch is one chunk: one head call per batch, no per-position Python loop.
+HEAD_CHUNK_LOGITS = 2**24
 
 
 def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
@@ -149,17 +186,21 @@ class AnswerLogps(torch.nn.Module):
 
     Runs the model's decoder (`get_decoder()`) over the batch, gathers the final hidden
     states at the positions that predict a completion token, and applies the output
-    projection (`get_output_embeddings()`) and log-softmax there, `HEAD_CHUNK` positions
-    at a time: prompt and padding positions never meet the vocabulary. A module wrapping
+    projection (`get_output_embeddings()`) and log-softmax there, at most `HEAD_CHUNK_LOGITS`
+    logits at a time: prompt and padding positions never meet the vocabulary. A module wrapping
     the model, so `torch.func.functional_call` can swap the model's parameters in (keys
-    prefixed `model.`). The positions are gathered with fixed shapes (rows padded to the
-    batch's longest answer), so it runs under `jvp`, `grad` and `vmap` alike.
+    prefixed `model.`).
+
+    Two forms of the answer positions, both fixed inputs (computed before any transform):
+    `answer_tokens` packs the batch's answer tokens into one list (no padding reaches the
+    head; `jvp` and `grad`), `answer_positions` pads each row to the batch's longest answer
+    (fixed shapes per row, so per-pair `vmap` works too).
     """
 
     def __init__(self, model: torch.nn.Module, head_chunk: int | None = None, checkpoint_head: bool = False):
         super().__init__()
         self.model = model
-        self.head_chunk = head_chunk or HEAD_CHUNK
+        self.head_chunk = head_chunk or HEAD_CHUNK_LOGITS
         self.checkpoint_head = checkpoint_head
         config = getattr(model, "config", None)
         self.logit_scale = getattr(config, "logit_scale", None)
@@ -175,6 +216,17 @@ class AnswerLogps(torch.nn.Module):
         valid = mask.gather(1, order)
         labels = input_ids[:, 1:].gather(1, order)
         return order, labels, valid
+
+    @staticmethod
+    def answer_tokens(input_ids: torch.Tensor, completion_mask: torch.Tensor):
+        """(positions, labels, rows): the batch's answer tokens packed in one list, in row order.
+
+        `positions` index the flattened (rows × length) hidden states whose state predicts
+        completion token t+1, `labels` are those tokens, `rows` the row each belongs to.
+        """
+        mask = completion_mask[:, 1:].bool()
+        rows, cols = mask.nonzero(as_tuple=True)
+        return rows * input_ids.shape[1] + cols, input_ids[:, 1:][rows, cols], rows
 
     def _head(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # one contiguous [positions × hidden] matrix: a strided 3-D slice sends the projection
@@ -201,28 +253,45 @@ class AnswerLogps(torch.nn.Module):
             return embeds
         return torch.where((input_ids == embedding.padding_idx).unsqueeze(-1), embeds.detach(), embeds)
 
-    def forward(self, input_ids, positions, labels, valid):
+    def _chunk_logps(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.checkpoint_head and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self._head, h, y, use_reentrant=False)
+        return self._head(h, y)
+
+    def _vocab(self) -> int:
+        head = self.model.get_output_embeddings()
+        return head.weight.shape[0] if hasattr(head, "weight") else self.model.config.vocab_size
+
+    def forward(self, input_ids, positions, labels, valid_or_rows):
+        """Per-row summed log-probs; `positions, labels, valid_or_rows` from `answer_tokens` (1-D) or
+        `answer_positions` (2-D)."""
         hidden = self.model.get_decoder()(inputs_embeds=self._embed(input_ids), use_cache=False).last_hidden_state
+        if positions.dim() == 1:
+            return self._packed(hidden, positions, labels, valid_or_rows)
+        valid = valid_or_rows
         hidden = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # (rows, answer, H)
-        step = max(1, self.head_chunk // max(hidden.shape[0], 1))
+        step = max(1, self.head_chunk // (max(hidden.shape[0], 1) * self._vocab()))  # answer columns per chunk
         total = None
         for start in range(0, hidden.shape[1], step):
             h, y, v = hidden[:, start : start + step], labels[:, start : start + step], valid[:, start : start + step]
-            if self.checkpoint_head and torch.is_grad_enabled():
-                token_logps = torch.utils.checkpoint.checkpoint(self._head, h, y, use_reentrant=False)
-            else:
-                token_logps = self._head(h, y)
+            token_logps = self._chunk_logps(h, y)
             part = torch.where(v, token_logps, torch.zeros_like(token_logps)).sum(-1)
             total = part if total is None else total + part
         return total
+
+    def _packed(self, hidden, positions, labels, rows):
+        flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)  # (answer tokens, H)
+        step = max(1, self.head_chunk // self._vocab())  # answer tokens per chunk
+        parts = [self._chunk_logps(flat[i : i + step], labels[i : i + step]) for i in range(0, len(positions), step)]
+        token_logps = torch.cat(parts) if parts else flat.new_zeros(0, dtype=torch.float32)
+        return token_logps.new_zeros(hidden.shape[0]).index_add(0, rows, token_logps)
 
 
 def sequence_logps(
     model: torch.nn.Module, input_ids: torch.Tensor, completion_mask: torch.Tensor, **kwargs
 ) -> torch.Tensor:
     """Summed log-prob of the completion tokens of each row (differentiable, torch.func-safe)."""
-    positions, labels, valid = AnswerLogps.answer_positions(input_ids, completion_mask)
-    return AnswerLogps(model, **kwargs)(input_ids, positions, labels, valid)
+    return AnswerLogps(model, **kwargs)(input_ids, *AnswerLogps.answer_tokens(input_ids, completion_mask))
 
 
 def completion_logps(logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
@@ -329,7 +398,7 @@ def compute_logps(
     try:
         for ids, batch, examples in iter_batches(tokenized, batch_size, collator, desc, max_tokens_per_batch):
             input_ids, mask = batch["input_ids"].to(device), batch["completion_mask"].to(device)
-            chosen, rejected = head(input_ids, *AnswerLogps.answer_positions(input_ids, mask)).chunk(2, dim=0)
+            chosen, rejected = head(input_ids, *AnswerLogps.answer_tokens(input_ids, mask)).chunk(2, dim=0)
             check_finite(ids, chosen_logps=chosen, rejected_logps=rejected)
             lengths = batch["completion_mask"].sum(-1)
             n = len(ids)

@@ -127,9 +127,11 @@ def qwen_case(tok):
 
 @pytest.fixture(params=["toy", "qwen2-shaped"])
 def case(request, tok, monkeypatch):
-    # a head chunk small enough that every batch spans several chunks
-    monkeypatch.setattr(logps_module, "HEAD_CHUNK", 16 if request.param == "toy" else 64)
     reference, policy, pairs = (toy_case if request.param == "toy" else qwen_case)(tok)
+    # a head chunk small enough that every batch (4 pairs: 8 rows) spans several chunks: 2 (toy)
+    # or 8 answer columns per chunk
+    columns = 2 if request.param == "toy" else 8
+    monkeypatch.setattr(logps_module, "HEAD_CHUNK_LOGITS", columns * 8 * policy.config.vocab_size)
     return request.param, reference, policy, pairs
 
 
@@ -179,6 +181,25 @@ def test_answer_positions_are_the_completion_positions_in_order():
     assert valid.tolist() == [[True, True, True], [True, True, False]]
 
 
+def test_answer_tokens_are_the_completion_positions_packed_in_row_order():
+    input_ids = torch.tensor([[5, 6, 7, 8, 9, 0], [5, 6, 7, 0, 0, 0]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 0, 0, 0]])
+    positions, labels, rows = AnswerLogps.answer_tokens(input_ids, mask)
+    assert positions.tolist() == [1, 2, 3, 6, 7] and labels.tolist() == [7, 8, 9, 6, 7] and rows.tolist() == [0, 0, 0, 1, 1]
+
+
+def test_packed_and_padded_answer_forms_agree(tok, case):
+    """The packed form (log-probs, jvp, ∇L_val) and the per-row padded one (cosine IF's vmap) give one result."""
+    _, _, model, pairs = case
+    batch = next(iter_batches(pairs, 4, make_collator(tok, None, "keep_start")))[1]
+    ids, mask = batch["input_ids"], batch["completion_mask"]
+    head = AnswerLogps(model)
+    with torch.no_grad():
+        packed = head(ids, *AnswerLogps.answer_tokens(ids, mask))
+        padded = head(ids, *AnswerLogps.answer_positions(ids, mask))
+    assert rel(packed, padded) < 2e-6
+
+
 # --- batching by token budget ---------------------------------------------------------------
 
 
@@ -210,3 +231,20 @@ def test_long_pairs_are_batched_under_the_budget_with_unchanged_scores(tok):
         assert rel(budgeted[column], whole[column]) < 2e-5, column
     logps = compute_logps(model, tok, pairs, max_length=None, max_tokens_per_batch=budget, desc=None)
     assert rel(logps["chosen_logps"], whole["chosen_logps"]) < 2e-6
+
+
+@pytest.mark.parametrize("truncation_mode", ["keep_start", "keep_end"])
+@pytest.mark.parametrize("max_length", [None, 6, 11, 40])
+def test_collator_equals_trls(truncation_mode, max_length):
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    rng = random.Random(max_length or 0)
+    ids = lambda k: [rng.randrange(3, 50) for _ in range(k)]  # noqa: E731
+    examples = [{"prompt_ids": ids(rng.randint(1, 12)), "chosen_ids": ids(rng.randint(0, 9)),
+                 "rejected_ids": ids(rng.randint(1, 9))} for _ in range(7)]  # fmt: skip
+    kwargs = dict(pad_token_id=0, max_length=max_length, truncation_mode=truncation_mode)
+    ours = logps_module.PreferenceCollator(**kwargs)(examples)
+    trls = DataCollatorForPreference(**kwargs)(examples)
+    assert set(ours) == set(trls)
+    for key in trls:
+        assert ours[key].dtype == trls[key].dtype and torch.equal(ours[key], trls[key]), key
