@@ -113,10 +113,12 @@ def score_shards(done: dict[str, Any], config: _Pipeline, run: str, tracking: Ru
         for i, rows in enumerate(ranges)
     ]
     progress = PrefectProgress("scoring", description=f"{len(ranges)} scoring shards")
-    shards = []
-    for future in as_completed(futures):
-        shards.append(future.result())
-        progress(len(shards), len(futures))
+    for finished, future in enumerate(as_completed(futures), start=1):
+        future.result()
+        progress(finished, len(futures))
+    # in submission order, not completion order: the merge stage's cache key hashes this list, so
+    # on a parallel runner (Dask) completion order would make a rerun recompute it
+    shards = [future.result() for future in futures]
     return merge_scores_stage(shards, config, run, tracking)
 
 

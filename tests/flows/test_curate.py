@@ -136,10 +136,14 @@ def test_rerun_recomputes_nothing_and_gives_the_same_result(curated, prefect_har
     assert parents[0].info.status == "FINISHED"
 
 
-def test_dask_scoring_equals_in_process(curated, prefect_harness, tmp_path):
+def test_dask_scoring_equals_in_process(curated, prefect_harness, tmp_path, monkeypatch):
+    import prefcurate.flows.curate as curate_module
     from prefcurate.config import ScaleOutConfig
     from prefcurate.flows.curate import score_shards
     from prefcurate.flows.runs import task_runner
+
+    # shards finishing in any order (here: last first) must not change the merge stage's cache key
+    monkeypatch.setattr(curate_module, "as_completed", lambda futures: list(reversed(list(futures))))
 
     m = stage_outputs(curated.run)
     config = load_config(RunConfig, curated.config_file)
@@ -151,6 +155,7 @@ def test_dask_scoring_equals_in_process(curated, prefect_harness, tmp_path):
     dask_scores = io.read_parquet(merged.scores.uri)
     local_scores = pd.read_parquet(curated.run / "scores" / "scores.parquet")
     pd.testing.assert_frame_equal(dask_scores, local_scores, check_exact=True)
+    assert merged.meta.cache_key == m["score"].meta.cache_key  # so a rerun on Dask reuses the merged scores
 
 
 def test_invalid_flow_parameters_fail_before_any_work(prefect_harness, tmp_path):

@@ -76,7 +76,9 @@ def manifests(run_name: str) -> dict[str, str]:
     out = {}
     for key in fs.find(f"{BUCKET}/runs/{run_name}/manifests"):
         if key.endswith(".json"):
-            out[key.rsplit("/", 1)[-1]] = json.loads(fs.cat_file(key))["created_at"]
+            manifest = json.loads(fs.cat_file(key))
+            # a stage's provenance is its manifest's `meta` (prefcurate.manifest.StageMeta)
+            out[key.rsplit("/", 1)[-1]] = (manifest.get("meta") or {}).get("created_at")
     return out
 
 
@@ -142,7 +144,8 @@ def after_run(run: str, inprocess: str, out: Path) -> None:
     unauthenticated_refused()
     state_file = {"manifests": manifests(run), "parent_run_id": parent["info"]["run_id"],
                   "flow_run_id": runs[-1]["id"], "model_version": version.get("version")}
-    check("stage manifests on S3", len(state_file["manifests"]) >= 10, sorted(state_file["manifests"]))
+    check("stage manifests on S3", len(state_file["manifests"]) >= 10 and all(state_file["manifests"].values()),
+          state_file["manifests"])
     (out / "state.json").write_text(json.dumps(state_file))
 
 

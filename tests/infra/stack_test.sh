@@ -69,6 +69,16 @@ SIZE=$(docker image inspect "$IMAGE" --format '{{.Size}}' | awk '{printf "%.2f G
 echo "  base image $(fmt "$BASE_S") (0 when present), images $(fmt "$BUILD_S"), $IMAGE $SIZE"
 if docker run --rm "$IMAGE" prefcurate --help > /dev/null; then ok "prefcurate --help in the image"; else bad "prefcurate --help"; fi
 [ "$(docker run --rm "$IMAGE" id -u)" != 0 ] && ok "image runs as a non-root user" || bad "image runs as root"
+# what the process worker does with a flow run: load each prefect.yaml entrypoint from /app
+if docker run --rm "$IMAGE" python -c "
+import yaml
+from prefect.flows import load_flow_from_entrypoint
+for d in yaml.safe_load(open('prefect.yaml'))['deployments']:
+    load_flow_from_entrypoint(d['entrypoint'], use_placeholder_flow=False)" > "$WORK/entrypoints.log" 2>&1; then
+  ok "every prefect.yaml entrypoint loads in the image's /app"
+else
+  tail -n 5 "$WORK/entrypoints.log"; bad "prefect.yaml entrypoints do not load in /app"
+fi
 t=$(date +%s)
 if docker run --rm --network none "$IMAGE" prefcurate demo --size small > "$WORK/demo-offline.log" 2>&1 \
    && grep -q "^Leaderboard" "$WORK/demo-offline.log"; then
