@@ -96,17 +96,17 @@ def probe(args: argparse.Namespace) -> None:
     ref = pd.DataFrame({"pair_id": pairs["pair_id"], "chosen_logps": 0.0, "rejected_logps": 0.0})
     gen = torch.Generator().manual_seed(0)
     gradient = ValidationGradient({k: torch.randn(p.shape, generator=gen) for k, p in trainable_parameters(model).items()})
-    kwargs = dict(batch_size=args.batch_size, max_length=None, max_tokens_per_batch=None, desc=None)
+    kwargs = dict(batch_size=args.batch_size, max_length=None, max_tokens_per_batch=args.max_tokens_per_batch, desc=None)
     before = reset_peak()  # set-up's own transient peak (model init) must not hide scoring's
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     influence_scores(model, tok, pairs, ref, gradient, beta=0.5, **kwargs)
     compute_logps(model, tok, pairs, **kwargs)
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
     out = {"rss_before_mb": before, "rss_peak_mb": _rss_mb("VmHWM"),
-           "seconds": seconds}  # fmt: skip
+           "seconds": seconds, "cpu_seconds": cpu}  # fmt: skip
     if args.device == "cuda":
         out["cuda_scoring_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
     print("MEMORY " + json.dumps(out))
@@ -114,8 +114,9 @@ def probe(args: argparse.Namespace) -> None:
 
 def measure(args: argparse.Namespace, length: int, head: str) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.memory", "--probe", "--length", str(length), "--head", head]
-    for flag in ("layers", "pairs", "batch_size", "answer", "threads", "device"):
-        cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    for flag in ("layers", "pairs", "batch_size", "answer", "threads", "device", "max_tokens_per_batch"):
+        if getattr(args, flag) is not None:
+            cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("MEMORY ")), None)
     if done.returncode != 0 or line is None:
@@ -131,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pairs", type=int, default=8, help="Pool size (one batch at the default batch size).")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--answer", type=int, default=32, help="Tokens of the chosen answer (rejected: 2 fewer).")
+    p.add_argument("--max-tokens-per-batch", type=int, default=None,
+                   help="scoring.max_tokens_per_batch: split batches by padded tokens (default: off, whole batches).")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--skip-full-above", type=int, default=10**9, help="Do not run the full head above this length.")
@@ -145,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     one, five, _ = os.getloadavg()
     print(f"Qwen2-0.5B-shaped, {args.layers} layers, {args.pairs} pairs (batch {args.batch_size}, "
           f"{2 * args.batch_size} sequences), answers {args.answer}/{args.answer - 2} tokens, {args.device}, "
-          f"{args.threads} thread(s); load {one:.1f}/{five:.1f} on {os.cpu_count()} cores")  # fmt: skip
+          f"{args.threads} thread(s), max_tokens_per_batch {args.max_tokens_per_batch}; "
+          f"load {one:.1f}/{five:.1f} on {os.cpu_count()} cores")  # fmt: skip
     heads = args.heads.split(",")
     print("| sequence tokens | " + " | ".join(f"{h}: peak above set-up | {h}: scoring time" for h in heads) + " |")
     print("|---|" + "---|---|" * len(heads))
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             key = m.get("cuda_scoring_mb")
             above = key if key is not None else m["rss_peak_mb"] - m["rss_before_mb"]
-            cells += [f"{above:.0f} MB", f"{m['seconds']:.2f} s"]
+            cells += [f"{above:.0f} MB", f"{m['seconds']:.2f} s (CPU {m['cpu_seconds']:.2f} s)"]
         print(f"| {length} | " + " | ".join(cells) + " |", flush=True)
 
 
