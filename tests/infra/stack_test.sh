@@ -7,7 +7,8 @@
 # those stand-ins through POSTGRES_IMAGE / S3_IMAGE, triggers curate/curate on the small toy world
 # through the stack's Prefect API (`prefect deployment run … --watch`, scoring on the Dask workers),
 # checks the results (tests/infra/check_stack.py), restarts the stack, reruns, and tears it all down.
-# Not part of `make test`. Env: KEEP_STACK=1 leaves the stack up; INFRA_TEST_WORK (build/infra-test).
+# Not part of `make test`. Env: KEEP_STACK=1 leaves the stack and dockerd up when the test stops early
+# (a failed step; a full run always tears down); INFRA_TEST_WORK (build/infra-test): logs, summary.txt.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
