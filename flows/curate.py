@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow
-from prefect.futures import as_completed
 from pydantic import BaseModel, Field, SerializeAsAny
 
 from prefcurate.config import RunConfig, _Pipeline
@@ -25,6 +24,7 @@ from prefcurate.flows.runs import (
     lease_owner,
     parent_run,
     resolve_run,
+    results_in_order,
     task_runner,
     use_torch_threads,
 )
@@ -112,13 +112,7 @@ def score_shards(done: dict[str, Any], config: _Pipeline, run: str, tracking: Ru
         score_shard_stage.submit(i, rows, ingest, done["ref"], done["warmup"], done["val"], done["gradient"], config, run)
         for i, rows in enumerate(ranges)
     ]
-    progress = PrefectProgress("scoring", description=f"{len(ranges)} scoring shards")
-    for finished, future in enumerate(as_completed(futures), start=1):
-        future.result()
-        progress(finished, len(futures))
-    # in submission order, not completion order: the merge stage's cache key hashes this list, so
-    # on a parallel runner (Dask) completion order would make a rerun recompute it
-    shards = [future.result() for future in futures]
+    shards = results_in_order(futures, PrefectProgress("scoring", description=f"{len(ranges)} scoring shards"))
     return merge_scores_stage(shards, config, run, tracking)
 
 

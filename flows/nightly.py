@@ -13,7 +13,6 @@ is `<publish_uri>/latest` → `<publish_uri>/<version>/`: the kept pairs as a da
 from __future__ import annotations
 
 from prefect import flow
-from prefect.futures import as_completed
 
 from prefcurate import io
 from prefcurate.config import NightlyConfig
@@ -24,6 +23,7 @@ from prefcurate.flows.runs import (
     lease_owner,
     parent_run,
     resolve_run,
+    results_in_order,
     task_runner,
     use_torch_threads,
 )
@@ -66,12 +66,7 @@ def score_new_shards(new: NewPairsOut, ingest: IngestOut, bundle: BundleOut, con
     """Score the new pairs shard by shard on this flow's task runner (each shard one store part)."""
     ranges = shard_ranges(new.n_new, config.scoring.shard_size)
     futures = [score_new_shard_stage.submit(i, rows, ingest, new, bundle, config, run) for i, rows in enumerate(ranges)]
-    progress = PrefectProgress("scoring-new", description=f"{len(ranges)} shards of new pairs")
-    shards = []
-    for future in as_completed(futures):
-        shards.append(future.result())
-        progress(len(shards), len(futures))
-    return sorted(shards, key=lambda s: s.part.uri)
+    return results_in_order(futures, PrefectProgress("scoring-new", description=f"{len(ranges)} shards of new pairs"))
 
 
 @flow(name="nightly-curation")

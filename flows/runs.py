@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch
+from prefect.futures import as_completed
 from prefect.runtime import deployment, flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel
@@ -18,7 +19,7 @@ from prefcurate.io import sha256_json
 from prefcurate.locations import BASE_ENV, absolute_locations
 from prefcurate.progress import duration, estimate_seconds
 from prefcurate.scoring.reference import ReferenceOut
-from prefcurate.tasks.artifacts import publish_mlflow_link
+from prefcurate.tasks.artifacts import PrefectProgress, publish_mlflow_link
 from prefcurate.tracking import RunHandle, finish_run, log_metrics, log_params, set_tags, start_parent_run
 
 log = logging.getLogger("prefcurate.flows")
@@ -82,6 +83,18 @@ def announce_estimate(ref: ReferenceOut, ingest: IngestOut, config: Any, parent:
              "; generation and judging come on top" if n_final_models else "")
     if parent is not None:
         log_metrics(parent, {"estimate_seconds.training_and_scoring": round(seconds, 1)})
+
+
+def results_in_order(futures: list[Any], progress: PrefectProgress) -> list[Any]:
+    """Every future's result, in submission order, with a progress update as each one finishes.
+
+    Submission order, not completion order: a stage that takes the list hashes it into its cache
+    key, and on a parallel runner (Dask) completion order would make a rerun recompute it.
+    """
+    for finished, future in enumerate(as_completed(futures), start=1):
+        future.result()
+        progress(finished, len(futures))
+    return [future.result() for future in futures]
 
 
 def lease_owner(flow_name: str) -> str:
