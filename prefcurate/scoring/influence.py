@@ -99,10 +99,6 @@ def _losses(head: AnswerLogps, params, input_ids, answer, ref_chosen, ref_reject
     return loss, (chosen, rejected, margin)
 
 
-def _prepare(pairs: Dataset, tokenizer: PreTrainedTokenizerBase) -> Dataset:
-    return pairs if "prompt_ids" in pairs.column_names else tokenize_pairs(pairs, tokenizer)
-
-
 def validation_gradient(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -124,7 +120,7 @@ def validation_gradient(
     names = list(params)
     # accumulated in fp32 at least (a float64 model keeps float64: the tests' reference precision)
     total = {name: torch.zeros_like(p, dtype=torch.promote_types(p.dtype, torch.float32)) for name, p in params.items()}
-    tokenized = _prepare(val_pairs, tokenizer)
+    tokenized = tokenize_pairs(val_pairs, tokenizer)
     ref_logps = reference_index(ref_logps)
     n, loss_sum = len(tokenized), 0.0
     device = _device(model)
@@ -239,7 +235,7 @@ def influence_scores(
     params = {k: v.detach() for k, v in trainable_parameters(model).items()}
     tangent = _aligned(gradient, params, device)
     val_norm = gradient.norm() if cosine else None  # a float64 pass over every parameter: only when used
-    tokenized = _prepare(pairs, tokenizer)
+    tokenized = tokenize_pairs(pairs, tokenizer)
     ref_logps = reference_index(ref_logps)
     collator = make_collator(tokenizer, max_length, truncation_mode)
     head = AnswerLogps(model)

@@ -50,7 +50,9 @@ def tokenize_pair(tokenizer: PreTrainedTokenizerBase, example: dict) -> dict:
 
 
 def tokenize_pairs(pairs: Dataset, tokenizer: PreTrainedTokenizerBase) -> Dataset:
-    """The pairs with token id columns added (in memory; no cache files)."""
+    """The pairs with token id columns added (in memory; no cache files); pairs tokenized already are returned as they are."""
+    if "prompt_ids" in pairs.column_names:
+        return pairs
     if tokenizer.chat_template is None:
         raise DataError("the tokenizer has no chat template; set model.chat_template in the config")
     if len(pairs) == 0:
@@ -392,7 +394,7 @@ def compute_logps(
     """
     was_training = model.training
     model.eval()
-    tokenized = pairs if "prompt_ids" in pairs.column_names else tokenize_pairs(pairs, tokenizer)
+    tokenized = tokenize_pairs(pairs, tokenizer)
     collator = make_collator(tokenizer, max_length, truncation_mode)
     head = AnswerLogps(model)
     device = _device(model)

@@ -76,7 +76,7 @@ def score_shard(
 ) -> pd.DataFrame:
     """Scores of one shard: every SCORE_COLUMNS column except `tif` (pool-wide, see finalize_scores).
     `pairs` may come tokenized already (`tokenize_pairs`), e.g. when π_ref's log-probs were just taken on them."""
-    tokenized = pairs if "prompt_ids" in pairs.column_names else tokenize_pairs(pairs, models.tokenizer)
+    tokenized = tokenize_pairs(pairs, models.tokenizer)
     shape = dict(batch_size=scoring.batch_size, max_length=training.max_length, truncation_mode=training.truncation_mode,
                  max_tokens_per_batch=scoring.max_tokens_per_batch)  # fmt: skip
     ids = list(tokenized["pair_id"])

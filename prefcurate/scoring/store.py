@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from io import BytesIO
 
 import pandas as pd
 
@@ -32,7 +33,6 @@ class StoredPart:
 
     uri: str
     sha256: str
-    rows: int
 
 
 class ScoreStore:
@@ -44,6 +44,10 @@ class ScoreStore:
 
     def parts(self) -> list[StoredPart]:
         """Every part whose file still has the content its record names, in name order."""
+        return [part for part, _ in self._verified()]
+
+    def _verified(self) -> list[tuple[StoredPart, bytes]]:
+        """Each intact part with the bytes it was verified on (read once, hashed, then parsed)."""
         fs, path = io.filesystem(self.uri)
         try:
             fs.invalidate_cache(path)
@@ -56,7 +60,8 @@ class ScoreStore:
             try:
                 meta = io.read_json(uri)
                 data_uri = io.join(self.uri, meta["file"])
-                digest = io.sha256_bytes(io.read_bytes(data_uri))
+                data = io.read_bytes(data_uri)
+                digest = io.sha256_bytes(data)
             except (StorageError, KeyError, TypeError, ValueError) as exc:
                 log.warning("score store part %s is unreadable (%s); its pairs will be scored again", uri, exc)
                 continue
@@ -64,7 +69,7 @@ class ScoreStore:
                 log.warning("score store part %s changed since it was written (sha256 differs); its pairs will be "
                             "scored again", data_uri)
                 continue
-            parts.append(StoredPart(data_uri, digest, int(meta["rows"])))
+            parts.append((StoredPart(data_uri, digest), data))
         return parts
 
     def state(self) -> str:
@@ -73,7 +78,7 @@ class ScoreStore:
 
     def read(self) -> pd.DataFrame:
         """Every stored row of this identity, one per pair (the first part that holds a pair wins)."""
-        frames = [io.read_parquet(p.uri) for p in self.parts()]
+        frames = [pd.read_parquet(BytesIO(data)) for _, data in self._verified()]
         if not frames:
             return pd.DataFrame(columns=["pair_id"])
         rows = pd.concat(frames, ignore_index=True)
@@ -84,8 +89,10 @@ class ScoreStore:
 
     def append(self, name: str, rows: pd.DataFrame) -> StoredPart:
         """Add `rows` as part `name`: the parquet first, its record last (a part without a record is not there)."""
-        data_uri = io.write_parquet(io.join(self.uri, f"part-{name}.parquet"), rows.reset_index(drop=True))
-        digest = io.sha256_bytes(io.read_bytes(data_uri))
+        buffer = BytesIO()
+        rows.reset_index(drop=True).to_parquet(buffer, index=False)
+        data_uri = io.write_bytes(io.join(self.uri, f"part-{name}.parquet"), buffer.getvalue())
+        digest = io.sha256_bytes(buffer.getvalue())
         io.write_json(io.join(self.uri, f"part-{name}.json"),
                       {"file": f"part-{name}.parquet", "sha256": digest, "rows": len(rows), "identity": self.identity})
-        return StoredPart(data_uri, digest, len(rows))
+        return StoredPart(data_uri, digest)
