@@ -137,13 +137,13 @@ def test_rerun_recomputes_nothing_and_gives_the_same_result(curated, prefect_har
 
 
 def test_dask_scoring_equals_in_process(curated, prefect_harness, tmp_path, monkeypatch):
-    import prefcurate.flows.curate as curate_module
+    import prefcurate.flows.runs as runs_module
     from prefcurate.config import ScaleOutConfig
     from prefcurate.flows.curate import score_shards
     from prefcurate.flows.runs import task_runner
 
     # shards finishing in any order (here: last first) must not change the merge stage's cache key
-    monkeypatch.setattr(curate_module, "as_completed", lambda futures: list(reversed(list(futures))))
+    monkeypatch.setattr(runs_module, "as_completed", lambda futures: list(reversed(list(futures))))
 
     m = stage_outputs(curated.run)
     config = load_config(RunConfig, curated.config_file)
