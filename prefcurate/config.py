@@ -70,8 +70,17 @@ class LoraSettings(Section):
     )
 
 
+# TRL's DPO loss types prefcurate scores with (the per-pair formulas: scoring.logps.dpo_loss).
+LossType = Literal["sigmoid", "hinge", "ipo"]
+
+
 class TrainingConfig(Section):
-    beta: float = Field(default=0.5, gt=0.0, description="DPO β (also the scale of IRM).")
+    beta: float = Field(default=0.5, gt=0.0, description="DPO β (also the scale of IRM); for ipo, IPO's regulariser τ.")
+    loss_type: LossType = Field(
+        default="sigmoid",
+        description="Preference loss of every DPO stage and of the per-pair loss behind IF and LossDiff: sigmoid (DPO), "
+        "hinge (SLiC), ipo (IPO, length-normalised as in TRL). IRM is the implicit reward margin whatever the loss.",
+    )
     learning_rate: float = Field(default=2e-4, gt=0.0, description="DPO learning rate. The toy model over-optimises into junk above ~5e-4.")
     batch_size: int = Field(default=32, ge=1, description="Pairs per optimiser step (per device).")
     gradient_accumulation_steps: int = Field(default=1, ge=1, description="Optimiser steps accumulate this many batches.")

@@ -9,6 +9,8 @@ gets the same numbers another way and compares them with what the run stored:
 - `if`: ⟨∇ℓ(θ; d), ∇L_val(θ)⟩ from one `loss.backward()` per pair, on a seeded sample of the
   pool (cosine-normalised when the run was), against scores.parquet;
 - `lossdiff`, `irm`: every pair's, from θ, θ_val and π_ref's log-probs taken again from the SFT model;
+
+every loss (∇L_val, IF, LossDiff) is the run's `training.loss_type`, as its scoring stages took it;
 - `tif`: the IF band applied again to the stored IF;
 - `selection`: the run's rule and every comparison rule applied again to the stored scores,
   against selection/ and selection/rules/<rule>/.
@@ -229,13 +231,21 @@ def _logps(model: Any, pairs: _Pairs, collator: Any, device: torch.device, desc:
     return torch.cat(chosen).numpy(), torch.cat(rejected).numpy()
 
 
+def _completion_lengths(pairs: _Pairs, collator: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) completion tokens of every pair after truncation (the ipo loss's normaliser)."""
+    counts = [collator([e])["completion_mask"].sum(-1) for e in pairs.examples]
+    return torch.stack([c[0] for c in counts]), torch.stack([c[1] for c in counts])
+
+
 def _pair_gradient(model: Any, params: dict[str, torch.Tensor], example: dict, collator: Any, ref: tuple[float, float],
-                   beta: float, device: torch.device) -> dict[str, torch.Tensor]:
+                   beta: float, loss_type: str, device: torch.device) -> dict[str, torch.Tensor]:
     """∇ℓ(θ; d) over `params` for one pair: its own forward and `loss.backward()`, float64."""
     model.zero_grad(set_to_none=True)
-    chosen, rejected = _sequence_logps(model, collator([example]), device).chunk(2)
+    batch = collator([example])
+    chosen, rejected = _sequence_logps(model, batch, device).chunk(2)
     ref_c, ref_r = (torch.tensor([v], dtype=chosen.dtype, device=device) for v in ref)
-    loss, _ = dpo_loss(chosen, rejected, ref_c, ref_r, beta)
+    lengths = batch["completion_mask"].to(device).sum(-1).chunk(2)
+    loss, _ = dpo_loss(chosen, rejected, ref_c, ref_r, beta, loss_type=loss_type, lengths=lengths)
     loss.sum().backward()
     return {name: (torch.zeros_like(p) if p.grad is None else p.grad).detach().double() for name, p in params.items()}
 
@@ -308,18 +318,21 @@ def _selection_check(run: _Run, scores: pd.DataFrame, config: SelectionConfig, t
 
 
 def _influence(policy: Any, pool: _Pairs, validation: _Pairs, ref_pool: tuple, ref_val: tuple, rows: list[int],
-               collator: Any, beta: float, cosine: bool, device: torch.device) -> tuple[dict[str, torch.Tensor], list[float]]:
+               collator: Any, beta: float, loss_type: str, cosine: bool,
+               device: torch.device) -> tuple[dict[str, torch.Tensor], list[float]]:
     """∇L_val(θ) as the mean of per-pair gradients, and the IF of the pool's `rows` against it."""
     params = trainable_parameters(policy)
     val_grad = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in params.items()}
     for i in track(range(len(validation.ids)), desc="∇L_val (per-pair backward)", unit="pairs"):
-        g = _pair_gradient(policy, params, validation.examples[i], collator, (ref_val[0][i], ref_val[1][i]), beta, device)
+        g = _pair_gradient(policy, params, validation.examples[i], collator, (ref_val[0][i], ref_val[1][i]), beta, loss_type,
+                           device)
         for name in val_grad:
             val_grad[name] += g[name] / len(validation.ids)
     val_norm = math.sqrt(sum(float((t**2).sum()) for t in val_grad.values()))
     influence = []
     for i in track(rows, desc="IF (per-pair backward)", unit="pairs"):
-        g = _pair_gradient(policy, params, pool.examples[i], collator, (ref_pool[0][i], ref_pool[1][i]), beta, device)
+        g = _pair_gradient(policy, params, pool.examples[i], collator, (ref_pool[0][i], ref_pool[1][i]), beta, loss_type,
+                           device)
         value = sum(float((g[name] * val_grad[name]).sum()) for name in g)
         if cosine:
             norm = math.sqrt(sum(float((t**2).sum()) for t in g.values()))
@@ -368,7 +381,7 @@ def verify_run(uri: str, *, sample: int = 64, seed: int = 0, float64: bool = Fal
     checks, skipped = [], {}
     if run.gradient is not None:
         val_grad, influence = _influence(policy, pool, validation, ref_pool, ref_val, rows, collator, training.beta,
-                                         scoring.cosine, where)
+                                         training.loss_type, scoring.cosine, where)
         stored_grad = load_gradient(run.at(run.gradient, run.gradient.gradient.uri)).tensors
         checks.append(_gradient_check(stored_grad, val_grad, tol["val-gradient"]))
         ids = [pool.ids[i] for i in rows]
@@ -383,8 +396,9 @@ def verify_run(uri: str, *, sample: int = 64, seed: int = 0, float64: bool = Fal
     del val_model
 
     ref_c, ref_r = (torch.from_numpy(a) for a in ref_pool)
-    loss, irm = dpo_loss(*(torch.from_numpy(a) for a in theta), ref_c, ref_r, training.beta)
-    loss_val, _ = dpo_loss(*(torch.from_numpy(a) for a in theta_val), ref_c, ref_r, training.beta)
+    loss_of = dict(loss_type=training.loss_type, lengths=_completion_lengths(pool, collator))
+    loss, irm = dpo_loss(*(torch.from_numpy(a) for a in theta), ref_c, ref_r, training.beta, **loss_of)
+    loss_val, _ = dpo_loss(*(torch.from_numpy(a) for a in theta_val), ref_c, ref_r, training.beta, **loss_of)
     stored = by_id.reindex(pool.ids)
     checks.append(_compare("lossdiff", stored["lossdiff"].to_numpy(dtype=float), (loss - loss_val).numpy(), pool.ids,
                            tol["lossdiff"]))

@@ -1,5 +1,10 @@
 """Exact first-order influence IF(d) = ⟨∇ℓ(θ; d), ∇L_val(θ)⟩ without per-pair gradients.
 
+ℓ is the per-pair loss of the configured `loss_type` (`logps.dpo_loss`: sigmoid, hinge or
+ipo) and L_val the mean of the same loss over the validation set, so IF is the first-order
+change of the validation loss the DPO stages minimise. For hinge, a pair already past the
+margin (β·m ≥ 1) has zero gradient and IF 0.
+
 The validation gradient is one fixed direction, so the IF of every pair in a batch is the
 directional derivative of the vector of per-pair losses along it: one forward-mode pass
 (`torch.func.jvp`) costs a small multiple of a forward and yields the losses, log-probs
@@ -26,7 +31,7 @@ from torch.func import functional_call, grad, jvp, vmap
 from transformers import PreTrainedTokenizerBase
 
 from prefcurate import io
-from prefcurate.config import TrainingConfig
+from prefcurate.config import LossType, TrainingConfig
 from prefcurate.errors import ScoringError
 from prefcurate.scoring.logps import (
     AnswerLogps,
@@ -86,8 +91,8 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _losses(head: AnswerLogps, params, input_ids, answer, ref_chosen, ref_rejected, beta):
-    """Per-pair DPO losses (and log-probs as aux) with `params` (keys of `head.model`) swapped in.
+def _losses(head: AnswerLogps, params, input_ids, answer, ref_chosen, ref_rejected, beta, loss_type, lengths):
+    """Per-pair losses of `loss_type` (and log-probs as aux) with `params` (keys of `head.model`) swapped in.
 
     `answer` is `AnswerLogps.answer_tokens(input_ids, completion_mask)` (or `answer_positions`,
     padded per row, under `vmap`): only those positions meet the output head.
@@ -95,7 +100,7 @@ def _losses(head: AnswerLogps, params, input_ids, answer, ref_chosen, ref_reject
     swapped = {f"model.{k}": v for k, v in params.items()}
     logps = functional_call(head, swapped, (input_ids, *answer)) if swapped else head(input_ids, *answer)
     chosen, rejected = logps.chunk(2, dim=0)
-    loss, margin = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
+    loss, margin = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta, loss_type=loss_type, lengths=lengths)
     return loss, (chosen, rejected, margin)
 
 
@@ -106,6 +111,7 @@ def validation_gradient(
     ref_logps: pd.DataFrame,
     *,
     beta: float,
+    loss_type: LossType = "sigmoid",
     batch_size: int = 64,
     max_length: int | None = 512,
     truncation_mode: str = "keep_start",
@@ -113,7 +119,7 @@ def validation_gradient(
     model_fingerprint: str | None = None,
     desc: str | None = "validation gradient",
 ) -> ValidationGradient:
-    """∇ of the mean DPO loss over `val_pairs` at `model`, reference log-probs from `ref_logps`."""
+    """∇ of the mean `loss_type` loss over `val_pairs` at `model`, reference log-probs from `ref_logps`."""
     was_training = model.training
     model.eval()
     params = trainable_parameters(model)
@@ -132,8 +138,9 @@ def validation_gradient(
         for ids, batch, _ in iter_batches(tokenized, batch_size, collator, desc, max_tokens_per_batch):
             ref_c, ref_r = (t.to(device) for t in reference_tensors(ref_logps, ids))
             input_ids = batch["input_ids"].to(device)
-            answer = AnswerLogps.answer_tokens(input_ids, batch["completion_mask"].to(device))
-            loss, _ = _losses(head, {}, input_ids, answer, ref_c, ref_r, beta)
+            mask = batch["completion_mask"].to(device)
+            answer = AnswerLogps.answer_tokens(input_ids, mask)
+            loss, _ = _losses(head, {}, input_ids, answer, ref_c, ref_r, beta, loss_type, mask.sum(-1).chunk(2))
             check_finite(ids, validation_loss=loss)
             grads = torch.autograd.grad(loss.sum() / n, [params[k] for k in names])
             for name, g in zip(names, grads):
@@ -141,7 +148,8 @@ def validation_gradient(
             loss_sum += float(loss.detach().sum())
     finally:
         model.train(was_training)
-    meta = {"format": FORMAT, "n_pairs": str(n), "val_loss": repr(loss_sum / n), "beta": repr(beta)}
+    meta = {"format": FORMAT, "n_pairs": str(n), "val_loss": repr(loss_sum / n), "beta": repr(beta),
+            "loss_type": loss_type}
     return ValidationGradient({k: v.cpu().contiguous() for k, v in total.items()}, model_fingerprint, meta)
 
 
@@ -193,17 +201,20 @@ def _aligned(gradient: ValidationGradient, params: dict[str, torch.Tensor], devi
     return out
 
 
-def _per_pair_grad_norms(head, params, input_ids, answer, ref_c, ref_r, beta, chunk):
+def _per_pair_grad_norms(head, params, input_ids, answer, ref_c, ref_r, beta, loss_type, lengths, chunk):
     """‖∇ℓ(θ; d)‖ for each pair of the batch from per-sample gradients (vmap over grad)."""
     n = ref_c.shape[0]
     ids = torch.stack([input_ids[:n], input_ids[n:]], dim=1)  # (pairs, 2, L)
     per_pair = [torch.stack([t[:n], t[n:]], dim=1) for t in answer]  # positions, labels, valid: (pairs, 2, K)
+    lengths = torch.stack([lengths[:n], lengths[n:]], dim=1)  # (pairs, 2)
 
-    def single(p, ids_i, positions_i, labels_i, valid_i, rc, rr):
-        loss, _ = _losses(head, p, ids_i, (positions_i, labels_i, valid_i), rc.reshape(1), rr.reshape(1), beta)
+    def single(p, ids_i, positions_i, labels_i, valid_i, rc, rr, len_i):
+        loss, _ = _losses(head, p, ids_i, (positions_i, labels_i, valid_i), rc.reshape(1), rr.reshape(1), beta,
+                          loss_type, len_i.chunk(2))
         return loss.sum()
 
-    grads = vmap(grad(single), in_dims=(None, 0, 0, 0, 0, 0, 0), chunk_size=chunk)(params, ids, *per_pair, ref_c, ref_r)
+    grads = vmap(grad(single), in_dims=(None, 0, 0, 0, 0, 0, 0, 0), chunk_size=chunk)(params, ids, *per_pair, ref_c, ref_r,
+                                                                                        lengths)
     return torch.sqrt(sum((g.double() ** 2).flatten(1).sum(-1) for g in grads.values()))
 
 
@@ -215,6 +226,7 @@ def influence_scores(
     gradient: ValidationGradient,
     *,
     beta: float,
+    loss_type: LossType = "sigmoid",
     batch_size: int = 64,
     max_length: int | None = 512,
     truncation_mode: str = "keep_start",
@@ -223,7 +235,9 @@ def influence_scores(
     max_tokens_per_batch: int | None = None,
     desc: str | None = "influence (jvp)",
 ) -> pd.DataFrame:
-    """IF of every pair at `model` (one jvp per batch), with the pair's loss and log-probs.
+    """IF of every pair at `model` (one jvp per batch), with the pair's `loss_type` loss and log-probs.
+
+    `gradient` must be ∇L_val of the same loss type (its metadata says which; another is refused).
 
     Columns: pair_id, if, loss, irm, chosen_logps, rejected_logps, chosen_len,
     rejected_len, truncated; with `cosine`, `if` is divided by ‖∇ℓ(θ; d)‖·‖∇L_val‖ (0 when
@@ -233,6 +247,10 @@ def influence_scores(
     model.eval()
     device = _device(model)
     params = {k: v.detach() for k, v in trainable_parameters(model).items()}
+    taken_with = gradient.metadata.get("loss_type", "sigmoid")  # gradients saved before loss types were sigmoid
+    if taken_with != loss_type:
+        raise ScoringError(f"the validation gradient is of the {taken_with} loss, scoring asks for {loss_type}; "
+                           "recompute it with the same training.loss_type")
     tangent = _aligned(gradient, params, device)
     val_norm = gradient.norm() if cosine else None  # a float64 pass over every parameter: only when used
     tokenized = tokenize_pairs(pairs, tokenizer)
@@ -246,15 +264,15 @@ def influence_scores(
             input_ids = batch["input_ids"].to(device)
             mask = batch["completion_mask"].to(device)
             answer = AnswerLogps.answer_tokens(input_ids, mask)
+            lengths = mask.sum(-1)
 
             def losses(p):
-                return _losses(head, p, input_ids, answer, ref_c, ref_r, beta)
+                return _losses(head, p, input_ids, answer, ref_c, ref_r, beta, loss_type, lengths.chunk(2))
 
             with torch.no_grad():
                 loss, influence, (chosen, rejected, margin) = jvp(losses, (params,), (tangent,), has_aux=True)
             check_finite(ids, loss=loss, influence=influence, chosen_logps=chosen, rejected_logps=rejected)
-            n = len(ids)
-            lengths = batch["completion_mask"].sum(-1)
+            n, counts = len(ids), lengths.cpu()
             frame = pd.DataFrame(
                 {
                     "pair_id": ids,
@@ -263,14 +281,15 @@ def influence_scores(
                     "irm": margin.double().cpu().numpy(),
                     "chosen_logps": chosen.double().cpu().numpy(),
                     "rejected_logps": rejected.double().cpu().numpy(),
-                    "chosen_len": lengths[:n].numpy().astype("int64"),
-                    "rejected_len": lengths[n:].numpy().astype("int64"),
+                    "chosen_len": counts[:n].numpy().astype("int64"),
+                    "rejected_len": counts[n:].numpy().astype("int64"),
                     "truncated": [truncation_flags(e, max_length) for e in examples],
                 }
             )
             if cosine:
                 padded = AnswerLogps.answer_positions(input_ids, mask)  # fixed shapes per pair, for vmap
-                norms = _per_pair_grad_norms(head, params, input_ids, padded, ref_c, ref_r, beta, cosine_chunk)
+                norms = _per_pair_grad_norms(head, params, input_ids, padded, ref_c, ref_r, beta, loss_type, lengths,
+                                             cosine_chunk)
                 frame["grad_norm"] = norms.cpu().numpy()
                 denom = frame["grad_norm"] * val_norm
                 frame["if"] = (frame["if"] / denom).where(denom > 0, 0.0)

@@ -12,7 +12,7 @@ implementation (DESIGN §8).
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, get_args
 
 import pandas as pd
 import torch
@@ -22,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl.data_utils import common_prefix_length
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
+from prefcurate.config import LossType
 from prefcurate.errors import DataError, ScoringError
 from prefcurate.progress import track
 
@@ -312,11 +313,36 @@ def pair_logps(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch
 
 
 def dpo_loss(
-    chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, beta: float
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+    *,
+    loss_type: LossType = "sigmoid",
+    lengths: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pair DPO loss −log σ(β·m) and implicit reward margin β·m (DESIGN §1)."""
+    """Per-pair loss ℓ of TRL 1.16's DPO `loss_type` and the implicit reward margin β·m (DESIGN §1).
+
+    With Δ_w = log π_θ(y_w|x) − log π_ref(y_w|x), Δ_l likewise and m = Δ_w − Δ_l:
+    sigmoid (DPO) −log σ(β·m); hinge (SLiC) max(0, 1 − β·m); ipo (Δ_w/|y_w| − Δ_l/|y_l| − 1/(2β))²,
+    |y| the completion tokens scored after truncation (`lengths`, as `chosen_len`/`rejected_len`;
+    TRL normalises IPO by them, at least 1). These are TRL's per-sequence losses, so IF and
+    LossDiff are taken of the loss the DPO stages train with. The margin is β·m for every loss
+    type: TRL's `rewards/margins`, the paper's IRM, a property of the model, not of the loss.
+    """
     margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
-    return -F.logsigmoid(margin), margin
+    if loss_type == "sigmoid":
+        return -F.logsigmoid(margin), margin
+    if loss_type == "hinge":
+        return torch.relu(1 - margin), margin
+    if loss_type == "ipo":
+        if lengths is None:
+            raise ScoringError("the ipo loss needs the completion lengths of each pair (chosen_len, rejected_len)")
+        chosen_len, rejected_len = (n.to(margin.dtype).clamp(min=1.0) for n in lengths)
+        delta = (chosen - ref_chosen) / chosen_len - (rejected - ref_rejected) / rejected_len
+        return (delta - 1 / (2 * beta)) ** 2, margin
+    raise ScoringError(f"unknown loss_type {loss_type!r}; use one of {list(get_args(LossType))}")
 
 
 def _device(model: torch.nn.Module) -> torch.device:

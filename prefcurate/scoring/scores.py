@@ -1,5 +1,9 @@
 """Per-pair scores of a pool: IF/TIF, LossDiff, IRM and the log-probs behind them.
 
+Per `training.loss_type` ℓ (`logps.dpo_loss`): IF(d) = ⟨∇ℓ(θ; d), ∇L_val(θ)⟩ with L_val the mean ℓ
+over the validation set, LossDiff(d) = ℓ(θ; d) − ℓ(θ_val; d) (`loss_warmup` − `loss_val`), and
+IRM(d) = β·m_θ(d), the implicit reward margin, the same for every loss type.
+
 Scoring runs in shards so an orchestrator can cache each shard, resume after a crash and
 map shards over workers: `score_shard` scores a subset with no pool-wide state, and
 `finalize_scores` adds what needs the whole pool (TIF's IF percentiles). π_ref's
@@ -87,14 +91,16 @@ def score_shard(
             raise ScoringError("compute_if is on but no validation gradient was given; compute it first or set scoring.compute_if=false")
         policy = influence_scores(
             models.policy, models.tokenizer, tokenized, ref_logps, gradient,
-            beta=training.beta, cosine=scoring.cosine, desc="θ log-probs + IF (jvp)", **shape,
+            beta=training.beta, loss_type=training.loss_type, cosine=scoring.cosine, desc="θ log-probs + IF (jvp)", **shape,
         )  # fmt: skip
     else:
         policy = compute_logps(models.policy, models.tokenizer, tokenized, desc="θ log-probs", **shape)
-        loss, irm = dpo_loss(_t(policy.chosen_logps), _t(policy.rejected_logps), ref_c, ref_r, training.beta)
+        loss, irm = dpo_loss(_t(policy.chosen_logps), _t(policy.rejected_logps), ref_c, ref_r, training.beta,
+                             loss_type=training.loss_type, lengths=_lengths(policy))
         policy["loss"], policy["irm"], policy["if"] = loss.double().numpy(), irm.double().numpy(), math.nan
     val = compute_logps(models.val, models.tokenizer, tokenized, desc="θ_val log-probs", **shape)
-    loss_val, _ = dpo_loss(_t(val.chosen_logps), _t(val.rejected_logps), ref_c, ref_r, training.beta)
+    loss_val, _ = dpo_loss(_t(val.chosen_logps), _t(val.rejected_logps), ref_c, ref_r, training.beta,
+                           loss_type=training.loss_type, lengths=_lengths(val))
     frame = pd.DataFrame(
         {
             "pair_id": ids,
@@ -124,6 +130,10 @@ def score_shard(
 
 def _t(series: pd.Series) -> torch.Tensor:
     return torch.tensor(series.to_numpy(), dtype=torch.float32)
+
+
+def _lengths(logps: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+    return _t(logps.chosen_len), _t(logps.rejected_len)
 
 
 def _check_frame(frame: pd.DataFrame) -> None:

@@ -22,8 +22,9 @@ from prefcurate.stage import StageContext, StageSpec
 from prefcurate.tracking import log_metrics
 from prefcurate.training.stage import ModelOut
 
-# The training fields that change a log-prob, a DPO loss or the trainable set IF is taken over.
-LOSS_FIELDS = ("training.beta", "training.max_length", "training.truncation_mode", "training.lora", "training.seed")
+# The training fields that change a log-prob, the per-pair loss or the trainable set IF is taken over.
+LOSS_FIELDS = ("training.beta", "training.loss_type", "training.max_length", "training.truncation_mode", "training.lora",
+               "training.seed")
 
 
 class GradientOut(StageOutput):
@@ -41,7 +42,7 @@ def _gradient(ctx: StageContext, ingest: IngestOut, ref: ReferenceOut, warmup: M
     model = with_lora(ckpt.model, training) if training.lora is not None else ckpt.model
     gradient = validation_gradient(
         model, ckpt.tokenizer, read_pairs(ingest.validation.uri), io.read_parquet(ref.ref_logps.uri),
-        beta=training.beta, batch_size=scoring.batch_size, max_length=training.max_length,
+        beta=training.beta, loss_type=training.loss_type, batch_size=scoring.batch_size, max_length=training.max_length,
         truncation_mode=training.truncation_mode, max_tokens_per_batch=scoring.max_tokens_per_batch,
         model_fingerprint=ckpt.fingerprint,
     )  # fmt: skip

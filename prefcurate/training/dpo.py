@@ -120,13 +120,14 @@ def lora_config(training: TrainingConfig):
 def dpo_args(
     training: TrainingConfig, epochs: float, output_dir: str, report_to: list[str] | str | None = None
 ) -> DPOConfig:
-    """TRL's DPOConfig from our TrainingConfig (sigmoid loss, stored reference, no saving)."""
+    """TRL's DPOConfig from our TrainingConfig (its loss type, stored reference, no saving)."""
     bf16 = training.bf16
     if bf16 is None:
         bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return DPOConfig(
         output_dir=output_dir,
         beta=training.beta,
+        loss_type=[training.loss_type],
         learning_rate=training.learning_rate,
         per_device_train_batch_size=training.batch_size,
         gradient_accumulation_steps=training.gradient_accumulation_steps,

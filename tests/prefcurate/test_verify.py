@@ -50,7 +50,7 @@ def test_per_pair_backward_matches_jvp_scoring(world, make_model, float64, cosin
         model = model.to(torch.float64)
     rows = list(range(len(pool)))
     val_grad, influence = _influence(model, _pairs(pool, tok), _pairs(val, tok), _ref(ref_logps, pool), _ref(ref_logps, val),
-                                     rows, make_collator(tok, 512, "keep_start"), BETA, cosine, CPU)
+                                     rows, make_collator(tok, 512, "keep_start"), BETA, "sigmoid", cosine, CPU)
     assert set(val_grad) == set(gradient.tensors)
     for name, value in val_grad.items():
         torch.testing.assert_close(gradient.tensors[name].double(), value, rtol=1e-4, atol=1e-7)
