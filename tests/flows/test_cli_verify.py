@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from prefcurate import io
@@ -118,3 +119,32 @@ def test_a_run_on_s3_verifies(curated, s3_bucket, tmp_path, monkeypatch):
     assert result.exit_code == 0 and report["passed"], out
     assert report["run_uri"] == f"{s3_bucket}/runs/toy"
     assert np.isfinite([c["max_rel_error"] for c in report["checks"]]).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss_type", ["hinge", "ipo"])
+def test_runs_with_the_hinge_and_ipo_losses_score_with_them_and_verify(toy_world, prefect_harness, tmp_path, loss_type):
+    """A curate run with another `training.loss_type` stores that loss's LossDiff, and verify, which takes
+    the loss type from the run's manifests, recomputes every check of it independently."""
+    from prefcurate.flows.cli import app as curate_app
+    from tests.flows.conftest import toy_config
+    from tests.prefcurate.scoring.test_loss_type import formula
+
+    config = toy_config(toy_world, str(tmp_path / "runs"), f"sqlite:///{tmp_path / 'mlflow.db'}", run_name=loss_type,
+                        training={"loss_type": loss_type},
+                        evaluation={"baselines": ["sft"], "single_score": False})  # fmt: skip
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    curate = CliRunner().invoke(curate_app, ["curate", "--config", str(tmp_path / "run.yaml")])
+    assert curate.exit_code == 0, curate.output
+    run = tmp_path / "runs" / loss_type
+    assert json.loads((run / "manifests" / "warmup.json").read_text())["meta"]["config"]["training.loss_type"] == loss_type
+    scores = pd.read_parquet(run / "scores" / "scores.parquet")
+    ref = scores[["ref_chosen_logps", "ref_rejected_logps", "chosen_len", "rejected_len"]].set_axis(
+        ["chosen_logps", "rejected_logps", "chosen_len", "rejected_len"], axis=1)
+    theta = scores[["policy_chosen_logps", "policy_rejected_logps", "chosen_len", "rejected_len"]].set_axis(
+        ["chosen_logps", "rejected_logps", "chosen_len", "rejected_len"], axis=1)
+    np.testing.assert_allclose(scores["loss_warmup"], formula(loss_type, 0.5, theta, ref), rtol=1e-4, atol=1e-5)
+    result, out = _verify(str(run), *SAMPLE, "--json")
+    report = json.loads(out)
+    assert result.exit_code == 0 and report["passed"], out
+    assert {c["name"] for c in report["checks"]} == set(TOLERANCES)
