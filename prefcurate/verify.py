@@ -9,11 +9,13 @@ gets the same numbers another way and compares them with what the run stored:
 - `if`: ⟨∇ℓ(θ; d), ∇L_val(θ)⟩ from one `loss.backward()` per pair, on a seeded sample of the
   pool (cosine-normalised when the run was), against scores.parquet;
 - `lossdiff`, `irm`: every pair's, from θ, θ_val and π_ref's log-probs taken again from the SFT model;
-
-every loss (∇L_val, IF, LossDiff) is the run's `training.loss_type`, as its scoring stages took it;
 - `tif`: the IF band applied again to the stored IF;
 - `selection`: the run's rule and every comparison rule applied again to the stored scores,
   against selection/ and selection/rules/<rule>/.
+
+ℓ is the run's `training.loss_type` as its warm-up manifest recorded it, from `logps.dpo_loss` (the
+formula the tests pin to TRL's trainer; what verify re-derives is everything under it), with the
+completion lengths ipo needs counted again from verify's own collated batches.
 
 Every model runs through its own HF forward (full logits, attention mask, sdpa attention), so
 neither the answer-only head nor the mask-free batching is taken on trust. `float64` runs every
