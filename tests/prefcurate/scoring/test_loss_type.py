@@ -120,7 +120,7 @@ def test_one_dpo_step_trains_with_the_loss_type(world, loss_type):
 
 
 def per_pair_gradients(model, tok, pairs, ref_logps, loss_type):
-    """Reference implementation: autograd, one pair at a time, through the full-logits-free path's own sum."""
+    """Reference implementation: autograd, one pair at a time."""
     params = trainable_parameters(model)
     collator = make_collator(tok, MAX_LENGTH, "keep_start")
     grads = []
