@@ -425,8 +425,10 @@ def save_checkpoint(model: Any, tokenizer: Any, uri: str, metadata: dict | None 
     """
     if not getattr(tokenizer, "chat_template", None):
         raise CheckpointError(f"refusing to save {uri} with a tokenizer that has no chat template; set tokenizer.chat_template")
+    from peft import PeftModel
+
     extra: dict[str, Any] = {}
-    if hasattr(model, "peft_config"):
+    if isinstance(model, PeftModel):
         if base is None or not base_fingerprint:
             raise CheckpointError(f"refusing to save the LoRA adapter {uri} without its base model and base fingerprint")
         extra = {"base": base.model_dump(mode="json"), "base_fingerprint": base_fingerprint}
