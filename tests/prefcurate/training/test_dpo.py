@@ -12,6 +12,7 @@ import torch
 from prefcurate.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from prefcurate.config import LoraSettings, ModelSource, TrainingConfig
 from prefcurate.errors import CheckpointError
+from prefcurate.evaluation.stage import GENERATE
 from prefcurate.scoring.influence import influence_scores, trainable_parameters, validation_gradient
 from prefcurate.scoring.logps import compute_logps
 from prefcurate.toyworld.model import build_model
@@ -153,12 +154,16 @@ def test_a_loaded_adapter_scores_like_the_model_in_memory(setup, tmp_path):
 def test_an_adapter_refuses_a_changed_or_missing_base(setup, tmp_path):
     tok, pairs, ref_logps = setup
     sft_dir = str(tmp_path / "sft")
-    save_checkpoint(build_model(tok, size="small", seed=0), tok, sft_dir)
+    sft_fp = save_checkpoint(build_model(tok, size="small", seed=0), tok, sft_dir)
     warm = train_dpo(sft_dir, pairs.select(range(16)), str(tmp_path / "warmup"), LORA, epochs=1, ref_logps=ref_logps)
+    # a stage given this adapter from outside the run (generate) is keyed by the adapter and its base
+    assert GENERATE.identify(None, {"model": warm.uri}) == f"{warm.fingerprint}+{sft_fp}"
     save_checkpoint(build_model(tok, size="small", seed=1), tok, sft_dir)  # the base is replaced
     with pytest.raises(CheckpointError, match="has changed") as changed:
         load_checkpoint(warm.uri)
     assert "\n" not in str(changed.value)
+    with pytest.raises(CheckpointError, match="has changed"):  # nor is a cached stage of it reused
+        GENERATE.identify(None, {"model": warm.uri})
     shutil.rmtree(sft_dir)
     with pytest.raises(CheckpointError, match="base model of adapter .* cannot be used: .* does not exist") as missing:
         load_checkpoint(warm.uri)
