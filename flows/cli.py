@@ -160,13 +160,15 @@ def model_check(
     except PrefcurateError as exc:
         fail(str(exc))
     if as_json:
-        typer.echo(info.model_dump_json(include={"uri", "fingerprint", "architecture", "model_type", "n_parameters", "weight_format", "chat_template", "chat_template_supplied"}))
+        typer.echo(info.model_dump_json(include={"uri", "fingerprint", "architecture", "model_type", "n_parameters", "weight_format", "chat_template", "chat_template_supplied", "base_fingerprint"}))
         return
     template = "supplied" if info.chat_template_supplied else "own"
     typer.echo(f"{uri}: usable")
     typer.echo(f"fingerprint   {info.fingerprint}")
     typer.echo(f"architecture  {info.architecture} ({info.model_type}), {info.n_parameters:,} parameters, {info.weight_format}")
     typer.echo(f"chat template {template}")
+    if info.base_fingerprint is not None:
+        typer.echo(f"base model    {info.metadata['base']['uri']} (fingerprint {info.base_fingerprint}, checked)")
 
 
 # --- toyworld build: the embedded offline world -----------------------------------------

@@ -6,6 +6,11 @@ cache so `HF_HUB_OFFLINE` and `revision` behave as usual) or `s3://bucket/prefix
 cannot be used safely: no config, pickle-only weights (unless allowed), no tokenizer, no
 chat template. Its fingerprint — a sha256 over the weight files and config.json — names
 the model in every later artifact, so "the same model" means the same bytes.
+
+A LoRA stage saves only its adapter (peft's format, a few MB) with the tokenizer and a
+prefcurate.json naming the base (its whole ModelSource, as ingest validated it) and the
+base's fingerprint. Loading such a directory loads the base, refuses it when its bytes
+are not the ones the adapter was trained on, and puts the adapter on it, trainable.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from prefcurate.errors import CheckpointError, StorageError, first_line
 SAFETENSORS = ("*.safetensors", "*.safetensors.index.json")
 PICKLE = ("pytorch_model*.bin", "pytorch_model*.bin.index.json", "*.pt", "*.pth", "*.ckpt")
 # Files that define the model besides its weights; adapter_config.json makes LoRA dirs distinct.
-CONFIG_FILES = ("config.json", "adapter_config.json")
+ADAPTER_CONFIG = "adapter_config.json"
+CONFIG_FILES = ("config.json", ADAPTER_CONFIG)
 METADATA_FILE = "prefcurate.json"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 CHAT_TEMPLATE_HINT = "pass a Jinja chat template with --chat-template FILE (ModelSource.chat_template)"
@@ -48,6 +54,8 @@ class Checkpoint:
     architecture: str
     n_parameters: int
     metadata: dict = field(default_factory=dict)
+    base: ModelSource | None = None  # the base model of an adapter checkpoint
+    base_fingerprint: str | None = None
 
 
 class CheckpointInfo(BaseModel):
@@ -63,6 +71,7 @@ class CheckpointInfo(BaseModel):
     chat_template: bool
     chat_template_supplied: bool
     metadata: dict
+    base_fingerprint: str | None = None
 
 
 def _source(source: ModelSource | str) -> ModelSource:
@@ -255,6 +264,33 @@ def _metadata(local_dir: Path) -> dict:
         raise CheckpointError(f"{path} is not valid JSON: {exc}; delete it or re-save the checkpoint") from exc
 
 
+def is_adapter(local_dir: Path) -> bool:
+    """Whether `local_dir` holds a peft adapter rather than a whole model."""
+    return (local_dir / ADAPTER_CONFIG).is_file()
+
+
+def _adapter_base(local_dir: Path, load: Any) -> tuple[ModelSource, Any]:
+    """The base model an adapter was trained on, as `load(base_source)` gives it (a Checkpoint or
+    CheckpointInfo), refused when missing or not the same bytes the adapter was trained on."""
+    meta = _metadata(local_dir)
+    if not meta.get("base") or not meta.get("base_fingerprint"):
+        raise CheckpointError(
+            f"{local_dir} is a LoRA adapter without a base model in its {METADATA_FILE}; "
+            "save it with prefcurate (save_checkpoint with base=) or merge it into a full checkpoint"
+        )
+    source = ModelSource.model_validate(meta["base"])
+    try:
+        base = load(source)
+    except CheckpointError as exc:
+        raise CheckpointError(f"the base model of adapter {local_dir} cannot be used: {first_line(exc)}") from exc
+    if base.fingerprint != meta["base_fingerprint"]:
+        raise CheckpointError(
+            f"the base model {source.uri} of adapter {local_dir} has changed (fingerprint {base.fingerprint[:12]}…, "
+            f"the adapter was trained on {meta['base_fingerprint'][:12]}…); restore that base or retrain the adapter"
+        )
+    return source, base
+
+
 def load_tokenizer(source: ModelSource | str, cache_dir: str | os.PathLike | None = None) -> Any:
     """The checkpoint's validated tokenizer with its chat template, without loading any weights."""
     source = _source(source)
@@ -265,6 +301,16 @@ def inspect_checkpoint(source: ModelSource | str, cache_dir: str | os.PathLike |
     """Validate a checkpoint and describe it without loading its weights."""
     source = _source(source)
     local_dir = _resolve(source, cache_dir)
+    if is_adapter(local_dir):
+        _, base = _adapter_base(local_dir, lambda b: inspect_checkpoint(b, cache_dir))
+        _, files = _weight_files(local_dir, False)
+        tokenizer, supplied = _load_tokenizer(local_dir, source)
+        return base.model_copy(update={
+            "uri": source.uri, "local_dir": str(local_dir), "fingerprint": fingerprint(local_dir),
+            "n_parameters": base.n_parameters + _safetensors_parameters(files), "weight_format": "safetensors (LoRA adapter)",
+            "chat_template": bool(tokenizer.chat_template), "chat_template_supplied": supplied,
+            "metadata": _metadata(local_dir), "base_fingerprint": base.fingerprint,
+        })  # fmt: skip
     config = _load_config(local_dir, source.trust_remote_code)
     weight_format, files = _weight_files(local_dir, source.allow_pickle)
     tokenizer, supplied = _load_tokenizer(local_dir, source)
@@ -292,11 +338,17 @@ def load_checkpoint(
     cache_dir: str | os.PathLike | None = None,
     attn_implementation: str | None = "eager",
 ) -> Checkpoint:
-    """Validate, then load model and tokenizer. Eager attention by default: torch.func needs it."""
+    """Validate, then load model and tokenizer. Eager attention by default: torch.func needs it.
+
+    An adapter directory loads its base (checked against the recorded fingerprint) with the
+    adapter on top as a PeftModel whose adapter weights are trainable and base weights frozen.
+    """
     from transformers import AutoModelForCausalLM
 
     source = _source(source)
     local_dir = _resolve(source, cache_dir)
+    if is_adapter(local_dir):
+        return _load_adapter(local_dir, source, cache_dir, attn_implementation)
     config = _load_config(local_dir, source.trust_remote_code)
     weight_format, _ = _weight_files(local_dir, source.allow_pickle)
     tokenizer, _ = _load_tokenizer(local_dir, source)
@@ -320,6 +372,25 @@ def load_checkpoint(
     )
 
 
+def _load_adapter(local_dir: Path, source: ModelSource, cache_dir: str | os.PathLike | None,
+                  attn_implementation: str | None) -> Checkpoint:
+    from peft import PeftModel
+
+    base_source, base = _adapter_base(
+        local_dir, lambda b: load_checkpoint(b, cache_dir=cache_dir, attn_implementation=attn_implementation)
+    )
+    tokenizer, _ = _load_tokenizer(local_dir, source)
+    try:
+        model = PeftModel.from_pretrained(base.model, str(local_dir), is_trainable=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot load the LoRA adapter in {local_dir} onto {base_source.uri}: {first_line(exc)}") from exc
+    return Checkpoint(
+        model=model, tokenizer=tokenizer, fingerprint=fingerprint(local_dir), local_dir=local_dir,
+        architecture=base.architecture, n_parameters=model.num_parameters(), metadata=_metadata(local_dir),
+        base=base_source, base_fingerprint=base.fingerprint,
+    )  # fmt: skip
+
+
 def load_reward_model(source: ModelSource | str, *, cache_dir: str | os.PathLike | None = None) -> Checkpoint:
     """A sequence-classification model, resolved and validated like any checkpoint (safetensors unless allowed)."""
     from transformers import AutoModelForSequenceClassification
@@ -341,8 +412,12 @@ def load_reward_model(source: ModelSource | str, *, cache_dir: str | os.PathLike
     )
 
 
-def save_checkpoint(model: Any, tokenizer: Any, uri: str, metadata: dict | None = None) -> str:
+def save_checkpoint(model: Any, tokenizer: Any, uri: str, metadata: dict | None = None, *,
+                    base: ModelSource | None = None, base_fingerprint: str | None = None) -> str:
     """Save model (safetensors) + tokenizer + prefcurate.json atomically; returns the fingerprint.
+
+    A PeftModel saves its adapter only, and needs `base` and `base_fingerprint`: the model it
+    sits on, recorded in prefcurate.json so `load_checkpoint` can rebuild and check it.
 
     Locally the files go to a temporary sibling directory that is renamed into place; on an
     object store the files are uploaded first and prefcurate.json last, so a reader that
@@ -350,6 +425,13 @@ def save_checkpoint(model: Any, tokenizer: Any, uri: str, metadata: dict | None 
     """
     if not getattr(tokenizer, "chat_template", None):
         raise CheckpointError(f"refusing to save {uri} with a tokenizer that has no chat template; set tokenizer.chat_template")
+    from peft import PeftModel
+
+    extra: dict[str, Any] = {}
+    if isinstance(model, PeftModel):
+        if base is None or not base_fingerprint:
+            raise CheckpointError(f"refusing to save the LoRA adapter {uri} without its base model and base fingerprint")
+        extra = {"base": base.model_dump(mode="json"), "base_fingerprint": base_fingerprint}
     remote = io.is_remote(uri)
     if remote:
         staging = Path(tempfile.mkdtemp(prefix="prefcurate-ckpt-"))
@@ -361,7 +443,7 @@ def save_checkpoint(model: Any, tokenizer: Any, uri: str, metadata: dict | None 
         model.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
         digest = fingerprint(staging)
-        meta = {**(metadata or {}), "fingerprint": digest, "architecture": _architecture(model.config)}
+        meta = {**(metadata or {}), **extra, "fingerprint": digest, "architecture": _architecture(model.config)}
         if remote:
             _upload(staging, uri, meta)
         else:

@@ -207,6 +207,10 @@ class TrackingConfig(Section):
     )
     register_model: str | None = Field(default="prefcurate", description="Register the final model under this name; empty: do not register.")
     model_alias: str = Field(default="candidate", min_length=1, description="Alias set on the newly registered model version.")
+    register_merged: bool = Field(
+        default=False,
+        description="With LoRA, also log a merged full checkpoint (base + adapter) next to the registered adapter, under model-merged/. Off: only the adapter (a few MB) with a reference to its base.",
+    )
 
 
 class ScaleOutConfig(Section):

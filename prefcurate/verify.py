@@ -55,7 +55,7 @@ from prefcurate.data.stage import IngestOut
 from prefcurate.errors import VerifyError, first_line
 from prefcurate.manifest import MANIFEST_DIR, StageOutput, manifest_uri, read_manifest
 from prefcurate.progress import track
-from prefcurate.scoring.influence import load_gradient, trainable_parameters, with_lora
+from prefcurate.scoring.influence import load_gradient, trainable_parameters
 from prefcurate.scoring.logps import dpo_loss, make_collator, tokenize_pairs
 from prefcurate.scoring.stage import GradientOut, ScoreOut
 from prefcurate.selection.band import band_mask
@@ -202,11 +202,11 @@ def _pairs(pairs: Any, tokenizer: Any) -> _Pairs:
                   [{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r} for p, c, r in zip(*columns)])
 
 
-def _model(source: ModelSource | str, lora: TrainingConfig | None, float64: bool, device: torch.device) -> tuple[Any, Any]:
-    """A checkpoint with sdpa attention in verify's precision; with `lora`, wrapped in the scoring
-    stage's fresh seeded adapters (the parameters its IF is taken over)."""
+def _model(source: ModelSource | str, float64: bool, device: torch.device) -> tuple[Any, Any]:
+    """A checkpoint with sdpa attention in verify's precision (an adapter checkpoint: base + adapter,
+    whose trainable A and B are the parameters the scoring stage's IF is taken over)."""
     ckpt = load_checkpoint(source, attn_implementation="sdpa")
-    model = with_lora(ckpt.model, lora) if lora is not None else ckpt.model
+    model = ckpt.model
     if float64:
         model = model.to(torch.float64)
     return model.to(device).eval(), ckpt.tokenizer
@@ -367,14 +367,14 @@ def verify_run(uri: str, *, sample: int = 64, seed: int = 0, float64: bool = Fal
 
     # π_ref as the reference stage ran it (the SFT model's tokenizer), θ and θ_val as scoring did (the warm-up's)
     log.info("verify: π_ref log-probs again from the SFT model")
-    sft, tokenizer = _model(run.ingest.sft, None, float64, where)
+    sft, tokenizer = _model(run.ingest.sft, float64, where)
     collator = make_collator(tokenizer, training.max_length, training.truncation_mode)
     ref_pool = _logps(sft, _pairs(pool_pairs, tokenizer), collator, where, "π_ref log-probs (pool)")
     ref_val = _logps(sft, _pairs(val_pairs, tokenizer), collator, where, "π_ref log-probs (validation)")
     del sft
 
     log.info("verify: θ (warm-up) log-probs, ∇L_val and per-pair IF")
-    policy, tokenizer = _model(run.at(run.warmup, run.warmup.model.uri), training if training.lora else None, float64, where)
+    policy, tokenizer = _model(run.at(run.warmup, run.warmup.model.uri), float64, where)
     collator = make_collator(tokenizer, training.max_length, training.truncation_mode)
     pool, validation = _pairs(pool_pairs, tokenizer), _pairs(val_pairs, tokenizer)
     theta = _logps(policy, pool, collator, where, "θ log-probs")
@@ -393,7 +393,7 @@ def verify_run(uri: str, *, sample: int = 64, seed: int = 0, float64: bool = Fal
     del policy
 
     log.info("verify: θ_val log-probs")
-    val_model, _ = _model(run.at(run.val, run.val.model.uri), None, float64, where)
+    val_model, _ = _model(run.at(run.val, run.val.model.uri), float64, where)
     theta_val = _logps(val_model, pool, collator, where, "θ_val log-probs")
     del val_model
 

@@ -59,9 +59,13 @@ def _generate(ctx: StageContext, name: str, model: ModelOut | ModelSource | str,
 
 
 def _identify_model(config: Any, inputs: Mapping[str, Any]) -> str | None:
-    """A model not trained by this run (the SFT model, a given checkpoint) is known by its fingerprint."""
+    """A model not trained by this run (the SFT model, a given checkpoint) is known by its fingerprint
+    (an adapter's by its own and its base's)."""
     model = inputs["model"]
-    return None if isinstance(model, ModelOut) else inspect_checkpoint(model).fingerprint
+    if isinstance(model, ModelOut):
+        return None
+    info = inspect_checkpoint(model)
+    return info.fingerprint if info.base_fingerprint is None else f"{info.fingerprint}+{info.base_fingerprint}"
 
 
 GENERATE = StageSpec("generate", GenerateOut, _generate, reads=("evaluation.generation",), identify=_identify_model)

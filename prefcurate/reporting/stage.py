@@ -3,9 +3,13 @@ as a new version in the MLflow model registry)."""
 
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from prefcurate import io
+from prefcurate.checkpoint import METADATA_FILE, is_adapter, load_checkpoint, save_checkpoint
 from prefcurate.data.stage import IngestOut
 from prefcurate.evaluation.metrics import read_leaderboard
 from prefcurate.evaluation.stage import JudgeOut
@@ -92,11 +96,33 @@ def _register(ctx: StageContext, final: ModelOut, selection: FileRef, ingest: In
     description = (f"DPO from the warm-up model on the {select.n_kept} of {select.n_pool} pairs ({select.kept_fraction:.1%}) "
                    f"that `{select.rule}` kept, for SFT model {ingest.sft.uri}. Win rate {win} % against "
                    f"{judged.reference} ({judged.judge} judge). Run: {ctx.run}")
-    with io.local_copy_dir(final.model.uri, io.join(ctx.config.cache_dir, "checkpoints")) as local:
+    cache = io.join(ctx.config.cache_dir, "checkpoints")
+    with io.local_copy_dir(final.model.uri, cache) as local:
+        meta = json.loads((Path(local) / METADATA_FILE).read_text()) if is_adapter(Path(local)) else {}
+        base = meta.get("base")
+        if base is not None:
+            tags.update({"prefcurate.base_model": base["uri"], "prefcurate.base_fingerprint": meta["base_fingerprint"]})
+            description += (f" A LoRA adapter on base model {base['uri']} (fingerprint {meta['base_fingerprint'][:12]}…); "
+                            "prefcurate's load_checkpoint loads base + adapter.")
+            if tracking.register_merged:
+                tags["prefcurate.merged_artifact"] = "model-merged"
         version = register_model(ctx.tracking, local, tracking.register_model, tracking.model_alias,
                                  description=description, tags=tags)
+        if base is not None and tracking.register_merged:
+            _log_merged(ctx, local, cache)
     return RegisterOut(name=tracking.register_model, version=str(version), alias=tracking.model_alias)
 
 
+def _log_merged(ctx: StageContext, adapter_dir: str, cache: str) -> None:
+    """model-merged/: base + adapter merged into one full checkpoint, for tools that do not load adapters."""
+    ckpt = load_checkpoint(adapter_dir, cache_dir=cache)
+    with tempfile.TemporaryDirectory(prefix="prefcurate-merged-") as tmp:
+        save_checkpoint(ckpt.model.merge_and_unload(), ckpt.tokenizer, str(Path(tmp) / "model"),
+                        metadata={"merged_from": ckpt.fingerprint, "base_fingerprint": ckpt.base_fingerprint,
+                                  "stage": ckpt.metadata.get("stage")})
+        log_artifact(ctx.tracking, Path(tmp) / "model", "model-merged")
+
+
 REGISTER = StageSpec("register", RegisterOut, _register,
-                     reads=("tracking.register_model", "tracking.model_alias", "tracking.tracking_uri"))
+                     reads=("tracking.register_model", "tracking.model_alias", "tracking.tracking_uri",
+                            "tracking.register_merged"))

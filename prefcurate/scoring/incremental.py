@@ -102,7 +102,7 @@ def _score_new_shard(ctx: StageContext, rows: tuple[int, int], ingest: IngestOut
     shape = dict(batch_size=scoring.batch_size, max_length=training.max_length, truncation_mode=training.truncation_mode)
     ref_logps = compute_logps(sft.model, sft.tokenizer, pairs, desc="π_ref log-probs (new pairs)", **shape)
     del sft
-    models = load_scoring_models(bundle.warmup.model.uri, bundle.val.model.uri, training)
+    models = load_scoring_models(bundle.warmup.model.uri, bundle.val.model.uri)
     gradient = None
     if scoring.compute_if:
         if bundle.gradient is None:

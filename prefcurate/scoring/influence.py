@@ -9,7 +9,12 @@ The validation gradient is one fixed direction, so the IF of every pair in a bat
 directional derivative of the vector of per-pair losses along it: one forward-mode pass
 (`torch.func.jvp`) costs a small multiple of a forward and yields the losses, log-probs
 and IF of the whole batch. Gradients are over the model's trainable parameters: all of
-them, or the LoRA adapters of a peft-wrapped model (see `with_lora`).
+them for full fine-tuning; for LoRA, the adapter of θ — both A and B, as the warm-up trained
+them — with the base frozen. That is the parameter set the next stages (θ_val, the final
+models) keep training, so IF is the first-order effect of a step on `d` in those stages.
+(Fresh adapters with B = 0, as before, make ∂ℓ/∂A = 0: IF was then over B alone.)
+IF over all base weights would describe full fine-tuning from θ, which a LoRA run never
+does, so it is not offered.
 
 Cosine influence divides by the per-pair gradient norm, which needs per-sample gradients
 (`vmap(grad)`): a backward per pair and memory of `cosine_chunk × trainable parameters`,
@@ -31,7 +36,7 @@ from torch.func import functional_call, grad, jvp, vmap
 from transformers import PreTrainedTokenizerBase
 
 from prefcurate import io
-from prefcurate.config import LossType, TrainingConfig
+from prefcurate.config import LossType
 from prefcurate.errors import ScoringError
 from prefcurate.scoring.logps import (
     AnswerLogps,
@@ -61,30 +66,11 @@ class ValidationGradient:
 
 
 def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters gradients are taken over: those with requires_grad (all, or LoRA adapters)."""
+    """The parameters gradients are taken over: those with requires_grad (all, or a loaded LoRA adapter's A and B)."""
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ScoringError("the model has no trainable parameters; unfreeze it or wrap it with LoRA adapters")
     return params
-
-
-def with_lora(model: torch.nn.Module, training: TrainingConfig) -> torch.nn.Module:
-    """`model` wrapped with fresh, seeded LoRA adapters (B = 0, so the function is unchanged).
-
-    These are exactly the parameters the next LoRA stage trained from this model updates
-    (TRL seeds their initialisation the same way), so IF over them is the influence a step
-    on a pair has in that stage.
-    """
-    from peft import get_peft_model
-    from transformers import set_seed
-
-    from prefcurate.training.dpo import lora_config
-
-    config = lora_config(training)
-    if config is None:
-        raise ScoringError("with_lora needs training.lora to be set")
-    set_seed(training.seed)
-    return get_peft_model(model, config)
 
 
 def _device(model: torch.nn.Module) -> torch.device:

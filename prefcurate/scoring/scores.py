@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from prefcurate.checkpoint import load_checkpoint
 from prefcurate.config import ScoringConfig, TrainingConfig
 from prefcurate.errors import ScoringError
-from prefcurate.scoring.influence import ValidationGradient, influence_scores, with_lora
+from prefcurate.scoring.influence import ValidationGradient, influence_scores
 from prefcurate.scoring.logps import compute_logps, dpo_loss, reference_index, reference_tensors, tokenize_pairs
 from prefcurate.selection.band import band_mask
 
@@ -41,7 +41,7 @@ SCORE_COLUMNS = [
 
 @dataclass
 class ScoringModels:
-    """The warm-up model θ (with fresh LoRA adapters when training is LoRA) and θ_val."""
+    """The warm-up model θ and θ_val (base + their adapters when training is LoRA)."""
 
     tokenizer: PreTrainedTokenizerBase
     policy: Any
@@ -50,12 +50,11 @@ class ScoringModels:
     val_fingerprint: str | None = None
 
 
-def load_scoring_models(warmup_dir: str, val_dir: str, training: TrainingConfig) -> ScoringModels:
-    """Load θ and θ_val from their checkpoints; θ gets the trainable set IF is taken over."""
+def load_scoring_models(warmup_dir: str, val_dir: str) -> ScoringModels:
+    """Load θ and θ_val from their checkpoints; θ's trainable parameters are the set IF is taken over."""
     warmup = load_checkpoint(warmup_dir)
     val = load_checkpoint(val_dir)
-    policy = with_lora(warmup.model, training) if training.lora is not None else warmup.model
-    return ScoringModels(warmup.tokenizer, policy, val.model, warmup.fingerprint, val.fingerprint)
+    return ScoringModels(warmup.tokenizer, warmup.model, val.model, warmup.fingerprint, val.fingerprint)
 
 
 def shard_ranges(n_pairs: int, shard_size: int) -> list[tuple[int, int]]:

@@ -15,7 +15,7 @@ from prefcurate.checkpoint import load_checkpoint
 from prefcurate.data.pairs import read_pairs
 from prefcurate.data.stage import IngestOut
 from prefcurate.manifest import FileRef, StageOutput
-from prefcurate.scoring.influence import load_gradient, save_gradient, validation_gradient, with_lora
+from prefcurate.scoring.influence import load_gradient, save_gradient, validation_gradient
 from prefcurate.scoring.reference import ReferenceOut
 from prefcurate.scoring.scores import finalize_scores, load_scoring_models, score_shard
 from prefcurate.stage import StageContext, StageSpec
@@ -39,9 +39,8 @@ class GradientOut(StageOutput):
 def _gradient(ctx: StageContext, ingest: IngestOut, ref: ReferenceOut, warmup: ModelOut) -> GradientOut:
     training, scoring = ctx.config.training, ctx.config.scoring
     ckpt = load_checkpoint(warmup.model.uri)
-    model = with_lora(ckpt.model, training) if training.lora is not None else ckpt.model
     gradient = validation_gradient(
-        model, ckpt.tokenizer, read_pairs(ingest.validation.uri), io.read_parquet(ref.ref_logps.uri),
+        ckpt.model, ckpt.tokenizer, read_pairs(ingest.validation.uri), io.read_parquet(ref.ref_logps.uri),
         beta=training.beta, loss_type=training.loss_type, batch_size=scoring.batch_size, max_length=training.max_length,
         truncation_mode=training.truncation_mode, max_tokens_per_batch=scoring.max_tokens_per_batch,
         model_fingerprint=ckpt.fingerprint,
@@ -71,7 +70,7 @@ def _shard(ctx: StageContext, rows: tuple[int, int], ingest: IngestOut, ref: Ref
            val: ModelOut, gradient: GradientOut | None) -> ShardOut:
     training, scoring = ctx.config.training, ctx.config.scoring
     pairs = read_pairs(ingest.train.uri).select(range(*rows))
-    models = load_scoring_models(warmup.model.uri, val.model.uri, training)
+    models = load_scoring_models(warmup.model.uri, val.model.uri)
     grad = load_gradient(gradient.gradient.uri, models.policy_fingerprint) if gradient is not None else None
     frame = score_shard(pairs, models=models, ref_logps=io.read_parquet(ref.ref_logps.uri), gradient=grad,
                         training=training, scoring=scoring)

@@ -8,8 +8,10 @@ own starting point. TRL would otherwise reload the reference from the model's
 `ref_chosen_logps`/`ref_rejected_logps` columns with `precompute_ref_log_probs=True`;
 no reference model is held in memory during training.
 
-LoRA runs save the merged model, so every later stage loads an ordinary checkpoint; the
-next LoRA stage puts fresh adapters on it (TRL seeds their initialisation).
+LoRA runs save the adapter only, with a reference to the base model (see
+`prefcurate.checkpoint`). The warm-up puts a fresh adapter on π_ref (TRL seeds its
+initialisation); θ_val and the final models load θ = base + warm-up adapter and train that
+same adapter (A and B) further, so every model of a run is the base plus one adapter.
 """
 
 from __future__ import annotations
@@ -169,6 +171,8 @@ def fit_dpo(
 ) -> FitResult:
     """Train `model` in place with DPO on `pairs`; the reference is π_ref.
 
+    A plain model gets a fresh adapter when `training.lora` is set; a PeftModel (a loaded
+    adapter checkpoint) trains its own adapter further.
     π_ref's log-probs come from `ref_logps` (a frame from `logps.compute_logps`, keyed by
     pair_id) or are computed here from `ref_model`; with neither, `model` itself is π_ref
     (the warm-up case) and its log-probs are taken before any step.
@@ -188,6 +192,9 @@ def fit_dpo(
             desc="reference log-probs",
         )
     train_set = with_reference_columns(pairs, ref_logps)
+    peft_model = is_peft(model)
+    if peft_model and training.lora is None:
+        raise ConfigError("the model is a LoRA adapter checkpoint but training.lora is not set; set it, or start from a full checkpoint")
     output_dir = tempfile.mkdtemp(prefix="prefcurate-dpo-")
     try:
         trainer = StoredReferenceDPOTrainer(
@@ -196,7 +203,7 @@ def fit_dpo(
             train_dataset=train_set,
             processing_class=tokenizer,
             callbacks=callbacks,
-            peft_config=lora_config(training),
+            peft_config=None if peft_model else lora_config(training),
         )
         quiet_trainer(trainer)
         n_trained = len(trainer.train_dataset)
@@ -208,6 +215,8 @@ def fit_dpo(
     finally:
         shutil.rmtree(output_dir, ignore_errors=True)
     trained = trainer.model
+    if is_peft(trained) and "ref" in trained.peft_config:
+        trained.delete_adapter("ref")  # TRL's copy of a loaded adapter, unused with stored reference log-probs
     trained.eval()
     return FitResult(
         model=trained,
@@ -219,11 +228,11 @@ def fit_dpo(
     )
 
 
-def merged(model: Any) -> PreTrainedModel:
-    """The plain model behind a LoRA-trained PeftModel (adapters merged), else `model`."""
+def is_peft(model: Any) -> bool:
+    """Whether `model` is a peft-wrapped model (its trainable weights are an adapter)."""
     from peft import PeftModel
 
-    return model.merge_and_unload() if isinstance(model, PeftModel) else model
+    return isinstance(model, PeftModel)
 
 
 def pairs_digest(pairs: Dataset) -> str:
@@ -251,7 +260,7 @@ def train_dpo(
     for the warm-up); its log-probs are `ref_logps` when given (the stored pool frame),
     else computed here.
     The saved prefcurate.json records the parent and reference fingerprints, the stage,
-    the training config and which pairs were seen.
+    the training config and which pairs were seen; a LoRA run saves the adapter with its base.
     """
     start = time.perf_counter()
     ckpt = load_checkpoint(model_dir)
@@ -283,7 +292,11 @@ def train_dpo(
         "train_loss": fit.train_loss,
         "global_step": fit.global_step,
     }
-    digest = save_checkpoint(merged(fit.model), ckpt.tokenizer, out_dir, metadata=meta)
+    base = base_fp = None
+    if is_peft(fit.model):  # the warm-up's base is the model it started from; later stages inherit it
+        base = ckpt.base or (model_dir if isinstance(model_dir, ModelSource) else ModelSource(uri=str(model_dir)))
+        base_fp = ckpt.base_fingerprint or ckpt.fingerprint
+    digest = save_checkpoint(fit.model, ckpt.tokenizer, out_dir, metadata=meta, base=base, base_fingerprint=base_fp)
     return TrainResult(
         uri=out_dir,
         fingerprint=digest,

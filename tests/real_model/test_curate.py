@@ -62,3 +62,7 @@ def test_curate_end_to_end_with_lora(smollm2_dir, real_data, prefect_harness, tm
     sizes = {p.name: tree_size(p) for p in sorted((run / "models").rglob("*")) if p.is_dir() and (p / "prefcurate.json").exists()}
     print(f"run root {tree_size(run) / 1e6:.1f} MB, models {({k: round(v / 1e6, 1) for k, v in sizes.items()})}, "
           f"mlflow artifacts {tree_size(tmp_path / 'mlruns') / 1e6 if (tmp_path / 'mlruns').exists() else 0:.1f} MB")
+    # LoRA keeps the run small: every trained model is an adapter on the SFT model (538 MB merged before)
+    assert sizes and all(v < 20e6 for v in sizes.values()), sizes
+    for model in (p for p in (run / "models").rglob("prefcurate.json")):
+        assert (model.parent / "adapter_model.safetensors").is_file() and not (model.parent / "model.safetensors").exists()

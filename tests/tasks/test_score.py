@@ -54,7 +54,7 @@ def test_sharded_scores_equal_one_pass_scoring(staged):
     run, config, ingest, ref, sft, grad = staged
     merged = merge_scores_stage.fn(_shards(run, config, ingest, ref, sft, grad), config, run)
     sharded = io.read_parquet(merged.scores.uri)
-    models = load_scoring_models(sft.model.uri, sft.model.uri, config.training)
+    models = load_scoring_models(sft.model.uri, sft.model.uri)
     direct = score_pool(read_pairs(ingest.train.uri), models=models, ref_logps=io.read_parquet(ref.ref_logps.uri),
                         gradient=load_gradient(grad.gradient.uri), training=config.training, scoring=config.scoring)
     pd.testing.assert_frame_equal(sharded, direct, check_exact=False, rtol=1e-6)

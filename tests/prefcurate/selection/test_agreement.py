@@ -147,7 +147,7 @@ def toy_scores(toy_world, tmp_path_factory):
     train_dpo(toy_world.checkpoint_dir, pool, str(out / "warmup"), training, epochs=1.0, ref_logps=ref)
     train_dpo(str(out / "warmup"), val, str(out / "val"), training, epochs=1.0, ref_logps=ref_val,
               reference_dir=toy_world.checkpoint_dir)  # fmt: skip
-    models = load_scoring_models(str(out / "warmup"), str(out / "val"), training)
+    models = load_scoring_models(str(out / "warmup"), str(out / "val"))
     gradient = validation_gradient(models.policy, models.tokenizer, val, ref_val, beta=training.beta, desc=None)
     return score_pool(pool, models=models, ref_logps=ref, gradient=gradient, training=training, scoring=ScoringConfig())
 
