@@ -37,6 +37,24 @@ bench: setup-dev
 clean:
 	rm -rf runs .prefcurate-cache mlflow.db mlruns
 
+# --- a real OpenAI-compatible judge server (docs/judge-server.md) -------------------------------
+# llama-cpp-python's server compiles llama.cpp from source (10-30 min on 2 cores): its own venv,
+# never the product's, and not part of `make test`. One compile job leaves the other core free.
+JUDGE_VENV ?= build/judge-server/venv
+LLAMA_CPP  ?= llama-cpp-python[server]==0.3.36
+.PHONY: judge-server judge-server-check
+
+$(JUDGE_VENV)/.installed:
+	$(PYTHON) -m venv $(JUDGE_VENV)
+	CMAKE_BUILD_PARALLEL_LEVEL=1 CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+	  $(JUDGE_VENV)/bin/pip install --quiet '$(LLAMA_CPP)'
+	touch $@
+
+judge-server: $(JUDGE_VENV)/.installed
+
+judge-server-check: setup-dev judge-server
+	$(BIN)/python -m tests.judge_server.check --server-python $(JUDGE_VENV)/bin/python $(ARGS)
+
 # --- containers and the production stack (docker/, infra/; docs/deployment.md) -----------------
 # None of these is needed by `make demo` or `make test`. They need root (apt-get, dockerd) or a
 # running Docker engine; `infra-test` installs and starts what is missing and stops what it started.

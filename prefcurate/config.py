@@ -164,6 +164,13 @@ class JudgeConfig(Section):
     timeout_s: float = Field(default=60.0, gt=0.0, description="Timeout of one request in seconds: for each read, and for the whole reply body (one that trickles in times out too); retried like a 5xx.")
     retry_backoff_s: float = Field(default=1.0, ge=0.0, description="First retry delay in seconds; doubles each retry (a Retry-After header wins, up to 60 s).")
     logprobs: bool = Field(default=True, description="Ask the endpoint for token log-probs (a soft pairwise verdict); off for endpoints that reject the parameter.")
+    top_logprobs: int = Field(
+        default=20,
+        ge=2,
+        le=20,
+        description="Log-probs asked for the verdict token (20 is OpenAI's most): a weak judge's m or M often ranks below "
+        "the top 5, and one that is missing counts as probability 0, a hard verdict.",
+    )
     max_tokens: int = Field(default=512, ge=1, description="Token budget of a single-answer grading reply (explanation + [[rating]]).")
     batch_size: int = Field(default=16, ge=1, description="Answers per reward-model forward pass.")
     seed: int = Field(default=0, description="Seed for the pairwise order swap.")

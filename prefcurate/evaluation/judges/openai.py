@@ -2,9 +2,11 @@
 
 Whatever the endpoint answers — a timeout, an HTTP error, an HTML page, JSON of the wrong
 shape, malformed log-probs, text that names no verdict — becomes a FAILED or UNPARSEABLE
-verdict for that item with its reason; only a refused key or a wrong URL (401/403/404) stops
-the evaluation, as a `JudgeError`. The API key is only ever sent as a header: every piece of
-a reply that reaches a reason, a log line or the cache has the key masked first.
+verdict for that item with its reason; only a refused key, a wrong URL (401/403/404) or an
+endpoint that refuses the log-probs asked for (llama-cpp-python's server started with
+`--logits_all false` answers HTTP 500 to each such request) stops the evaluation, as a
+`JudgeError`. The API key is only ever sent as a header: every piece of a reply that reaches
+a reason, a log line or the cache has the key masked first.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class OpenAIJudge(Judge):
             "model": c.model,
             "seed": c.seed,
             "logprobs": c.logprobs,
+            "top_logprobs": c.top_logprobs,
             "templates": templates_digest(),
         }
 
@@ -134,7 +137,7 @@ class OpenAIJudge(Judge):
             "max_tokens": 1,
         }
         if self.config.logprobs:
-            body.update(logprobs=True, top_logprobs=5)
+            body.update(logprobs=True, top_logprobs=self.config.top_logprobs)
         choice = _first_choice(self._post(body))
         text = self._redact(_content(choice).strip())
         preference = _preference_from_logprobs(choice.get("logprobs"))
@@ -162,7 +165,8 @@ class OpenAIJudge(Judge):
 
     def _post(self, body: dict) -> Any:
         """The endpoint's JSON reply, retrying 429/5xx/timeouts with exponential backoff; NoVerdict(FAILED)
-        when it gives up or the reply is no JSON. 401/403/404 raise JudgeError: no later request can succeed."""
+        when it gives up or the reply is no JSON. 401/403/404, and an error that names the log-probs asked for, raise
+        JudgeError: no later request can succeed."""
         body = {"model": self.config.model, "temperature": 0, "seed": self.config.seed, **body}
         attempts = self.config.max_retries + 1
         for attempt in range(attempts):
@@ -183,6 +187,11 @@ class OpenAIJudge(Judge):
                 if status == 404:
                     raise JudgeError(
                         f"{self._url} or model {self.config.model!r} not found (HTTP 404); check judge.base_url and judge.model"
+                    )
+                if status >= 400 and body.get("logprobs") and b"logprobs" in content.lower():
+                    raise JudgeError(
+                        f"{self.config.base_url} cannot return log-probs (HTTP {status}: {self._snippet(content)!r}); "
+                        "set judge.logprobs=false to judge from the reply's text"
                     )
                 if status < 400:
                     try:

@@ -26,13 +26,22 @@ BROKEN_BODIES = {
     "html": (200, "text/html", HTML),
     "html_502": (502, "text/html", HTML),
     "huge": (200, "application/json", b" " * ((1 << 20) + 1)),
+    # llama-cpp-python 0.3.36's server started with --logits_all false, to any request asking for log-probs
+    "logprobs_refused": (500, "application/json", b'{"error":{"message":"logprobs is not supported for models created '
+                         b'with logits_all=False","type":"internal_server_error","param":null,"code":null}}'),
 }
+
+# A weak judge's first-token log-probs as llama-cpp-python's server returned them for SmolLM2-135M-Instruct
+# (the winner's letter second, the loser's eighth: outside a top 5), cut to the `top_logprobs` asked for.
+WEAK_TOP = [("The", -1.84), ("WIN", -2.83), ("This", -3.22), ("{", -3.42), ("Your", -3.53), ("I", -3.8), ("You", -4.04),
+            ("LOSE", -4.08), ("###", -4.11), ("A", -4.36)]
 
 
 class FakeEndpoint:
     """An OpenAI-compatible /v1/chat/completions on 127.0.0.1 that prefers the output containing GOOD.
 
-    `mode`: "logprobs" (soft verdicts), "text" (the letter only), "garbage" (a reply naming no
+    `mode`: "logprobs" (soft verdicts), "weak" (a weak judge's log-probs, cut to `top_logprobs`),
+    "text" (the letter only), "garbage" (a reply naming no
     one), a key of BROKEN_BODIES, "hang" (no reply until `close`), "trickle" (headers, then one
     byte every 50 ms for seconds) or "echo" (the Authorization header echoed, as some gateways
     do: in the text of a pairwise reply whose log-probs hold the verdict, and in the body of an
@@ -120,6 +129,11 @@ class FakeEndpoint:
         if self.mode in ("logprobs", "echo"):
             top = [{"token": winner, "logprob": math.log(0.9)}, {"token": loser, "logprob": math.log(0.1)}]
             choice["logprobs"] = {"content": [{"token": winner, "logprob": math.log(0.9), "top_logprobs": top}]}
+        if self.mode == "weak":  # llama-cpp-python's shape: text the top token, "bytes": null, "refusal": null
+            names = {"WIN": winner, "LOSE": loser}
+            top = [{"token": names.get(t, t), "logprob": lp, "bytes": None} for t, lp in WEAK_TOP[:body["top_logprobs"]]]
+            choice["message"]["content"] = "The"
+            choice["logprobs"] = {"content": [{**top[0], "top_logprobs": top}], "refusal": None}
         return {"choices": [choice]}
 
     def close(self):

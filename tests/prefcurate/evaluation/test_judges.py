@@ -151,6 +151,26 @@ def test_verdict_cache_on_s3(endpoint, s3_bucket):
     assert again.stats.cached == 3 and len(endpoint.requests) == 3
 
 
+def test_openai_weak_judge_gets_a_soft_verdict_from_its_top_20(endpoint):
+    # llama-cpp-python serving SmolLM2-135M ranked m/M 2nd and 8th: a top 5 holds only the winner (a hard 1.0/2.0)
+    endpoint.mode = "weak"
+    soft = math.exp(-2.83) / (math.exp(-2.83) + math.exp(-4.08))
+    assert make_judge(_config(endpoint), None).pairwise_many(ITEMS[-2:]) == pytest.approx([1 + soft] * 2)
+    assert endpoint.requests[0]["body"]["top_logprobs"] == 20
+    assert make_judge(_config(endpoint, top_logprobs=5), None).pairwise_many(ITEMS[-2:]) == [2.0, 2.0]
+
+
+def test_openai_endpoint_refusing_logprobs_stops_at_once(endpoint):
+    endpoint.mode = "logprobs_refused"  # llama-cpp-python's server with --logits_all false
+    judge = make_judge(_config(endpoint, max_retries=3), None)
+    with pytest.raises(JudgeError, match=r"cannot return log-probs \(HTTP 500: .*logprobs is not supported.*"
+                                         r"set judge.logprobs=false") as info:
+        judge.pairwise_many(ITEMS[:1])
+    assert len(endpoint.requests) == 1 and "\n" not in str(info.value)  # no retries, one line
+    endpoint.mode = "text"
+    assert make_judge(_config(endpoint, logprobs=False), None).pairwise(*ITEMS[0]) == 1.0
+
+
 def test_openai_pairwise_from_text_and_unparseable(endpoint, tmp_path):
     endpoint.mode = "text"
     judge = make_judge(_config(endpoint, logprobs=False), tmp_path / "cache")
