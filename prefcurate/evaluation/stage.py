@@ -123,9 +123,10 @@ def _judge(ctx: StageContext, outputs: Mapping[str, FileRef], replicate: int | N
         if direct:
             answers = {n: read_model_outputs(f.uri) for n, f in outputs.items()}
             pairs = head_to_head(answers, replicates.SELECTED, judge, out_uri, progress=progress)
-            ctx.hooks.table("head-to-head", pairs.to_dict(orient="records"),
+            rows = [{k: (None if pd.isna(v) else v) for k, v in r.items()} for r in pairs.to_dict(orient="records")]
+            ctx.hooks.table("head-to-head", rows,
                             description=f"Win rate of `{replicates.SELECTED}` judged directly against each model.")
-            ctx.metrics({f"head_to_head.win_rate.{r['opponent']}": r["win_rate"] for r in pairs.to_dict(orient="records")})
+            ctx.metrics({f"head_to_head.win_rate.{r['opponent']}": r["win_rate"] for r in rows})
             io.write_json(io.join(out_uri, "judge.json"), {"judge": judge.name, "reference": evaluation.reference,
                                                            **judge.stats.to_dict()})  # the direct judgments counted too
     records = leaderboard_records(board)
