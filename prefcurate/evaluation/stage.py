@@ -173,7 +173,7 @@ class ReplicatesOut(StageOutput):
 
 
 def _replicates(ctx: StageContext, judged: Mapping[int, JudgeOut]) -> ReplicatesOut:
-    """eval/{replicates.csv, per_seed.csv, head_to_head.csv, replicates.md}: every replicate's leaderboard (and
+    """eval/{replicates.csv, per_seed.csv, head_to_head_seeds.csv, replicates.md}: every replicate's leaderboard (and
     head-to-head judgments) aggregated across seeds."""
     judged = {int(s): j for s, j in judged.items()}
     seeds = sorted(judged)
@@ -187,7 +187,7 @@ def _replicates(ctx: StageContext, judged: Mapping[int, JudgeOut]) -> Replicates
             "per_seed": io.write_text(io.join(out, "per_seed.csv"), by_seed.to_csv()),
             "markdown": io.write_text(io.join(out, "replicates.md"), replicates.markdown(table, by_seed, reference, pairs))}
     if pairs is not None:
-        uris["head_to_head"] = io.write_text(io.join(out, "head_to_head.csv"), pairs.to_csv())
+        uris["head_to_head"] = io.write_text(io.join(out, "head_to_head_seeds.csv"), pairs.to_csv())
     ctx.metrics({f"{key}.{model}": row[column] for model, row in table.iterrows()
                  for key, column in (("mean_win_rate", "mean"), ("ci_low", "ci_low"), ("ci_high", "ci_high"),
                                      ("diff_vs_selected", "diff_vs_selected"), ("paired_p", "paired_p"))

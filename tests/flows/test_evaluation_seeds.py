@@ -49,7 +49,7 @@ def test_two_seeds_train_each_model_twice_and_report_intervals(toy_world, prefec
     diff = per_seed["selected"] - per_seed["random"]
     assert table.loc["random", "diff_vs_selected"] == pytest.approx(diff.mean())
     assert table.loc["random", "diff_ci_low"] <= diff.mean() <= table.loc["random", "diff_ci_high"]
-    direct = pd.read_csv(run / "eval" / "head_to_head.csv", index_col=0)
+    direct = pd.read_csv(run / "eval" / "head_to_head_seeds.csv", index_col=0)
     seed_direct = [pd.read_csv(run / "eval" / f"seed{s}" / "head_to_head.csv").set_index("opponent") for s in (0, 1)]
     assert direct.loc["random", "mean"] == pytest.approx((seed_direct[0].loc["random", "win_rate"]
                                                           + seed_direct[1].loc["random", "win_rate"]) / 2)
