@@ -242,6 +242,9 @@ def curate(config: RunConfig) -> CurateResult:
             summary = stages["replicates"] = replicates_stage({s: e.judged for s, e in evaluated.items()}, config, run, parent)
             for seed, one in evaluated.items():  # each replicate's numbers on the parent, one step per seed
                 log_metrics(parent, _headline(one.judged.leaderboard_records()), step=seed)
+            log_metrics(parent, {f"{key}.{row['model']}": row[column] for row in _records(summary.table_frame())
+                                 for key, column in (("mean_win_rate", "mean"), ("diff_vs_selected", "diff_vs_selected"),
+                                                     ("paired_p", "paired_p")) if row.get(column) is not None})
         else:  # the headline numbers on the parent too, so MLflow's runs table can show and compare them
             log_metrics(parent, _headline(leaderboard))
         registered = None

@@ -56,6 +56,14 @@ def test_two_seeds_train_each_model_twice_and_report_intervals(toy_world, prefec
     report = (run / "report.md").read_text()
     assert "## Replicates" in report and "95 % CI" in report and "Head to head" in report
     assert "Replicates (2 seeds" in result.output and "selected vs random" in result.output
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=config["tracking"]["tracking_uri"])
+    parent = client.search_runs([client.get_experiment_by_name("flows-test").experiment_id],
+                                filter_string="tags.`prefcurate.flow` = 'curate'")[0]
+    assert parent.data.metrics["mean_win_rate.selected"] == pytest.approx(selected["mean"])
+    steps = client.get_metric_history(parent.info.run_id, "win_rate.selected")
+    assert {m.step: m.value for m in steps} == pytest.approx(per_seed["selected"].to_dict())
 
     # a rerun reuses every per-seed stage; a lost seed-1 model retrains that one stage only
     before = stage_outputs(run)
