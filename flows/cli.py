@@ -299,7 +299,8 @@ def demo(
     except PrefcurateError as exc:
         fail(str(exc))
     typer.echo("\n" + render(result))
-    _check_judgments(result.stages.get("judge"), EvaluationConfig().max_failed_fraction)  # the demo's evaluation config
+    for judged in result.judgments():
+        _check_judgments(judged, EvaluationConfig().max_failed_fraction)  # the demo's evaluation config
 
 
 @app.command()
@@ -319,7 +320,8 @@ def curate(
 
     result = _run_flow(curate_flow, cfg)
     typer.echo("\n" + render(result))
-    _check_judgments(result.stages.get("judge"), cfg.evaluation.max_failed_fraction)
+    for judged in result.judgments():
+        _check_judgments(judged, cfg.evaluation.max_failed_fraction)
 
 
 @app.command()

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from prefcurate import io
 from prefcurate.config import RunConfig
+from prefcurate.errors import ConfigError
 from prefcurate.evaluation import replicates
 from prefcurate.evaluation.metrics import read_leaderboard
 from prefcurate.flows.curate import curate
@@ -53,6 +54,8 @@ def study(configs: list[RunConfig], name: str = "study") -> StudyResult:
     """Run `curate` for every replicate config (see `seeded`; the seed is `training.seed`) and aggregate
     their leaderboards."""
     first = resolve_run(configs[0], "default")
+    if len(first.evaluation.seeds or []) > 1:
+        raise ConfigError("a study runs one curate per seed already; leave evaluation.seeds empty (or one seed)")
     out = io.join(first.root, f"study-{name}")
     boards, runs = {}, {}
     for config in configs:

@@ -149,7 +149,11 @@ class GenerationConfig(Section):
     do_sample: bool = Field(default=False, description="Sample instead of greedy decoding.")
     temperature: float = Field(default=1.0, gt=0.0, description="Sampling temperature.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
-    n_samples: int = Field(default=1, ge=1, description="Answers per prompt.")
+    n_samples: int = Field(
+        default=1, ge=1,
+        description="Sampled answers per prompt (needs do_sample); answer k is judged against the reference's answer k, "
+        "and standard errors are clustered by prompt.",
+    )
     batch_size: int = Field(default=32, ge=1, description="Prompts per generate() call.")
     seed: int = Field(default=0, description="Sampling seed.")
 
@@ -187,6 +191,17 @@ class EvaluationConfig(Section):
         "selection rule (DPO on what it keeps, at the selection's size: see selection.equal_size).",
     )
     reference: str = Field(default="sft", description="The model every other model is compared against.")
+    seeds: list[int] | None = Field(
+        default=None, min_length=1,
+        description="curate: final training, generation and judging repeated once per seed (training.seed, "
+        "generation.seed and judge.seed set to it; scoring and selection run once), with each model's mean and 95 % "
+        "interval across seeds and the selection's paired differences. Empty: one run with the seeds as set.",
+    )
+    head_to_head: bool = Field(
+        default=True,
+        description="Also judge `selected` directly against every other evaluated model (eval/head_to_head.csv), "
+        "not only each through the reference.",
+    )
     max_failed_fraction: float = Field(
         default=0.1,
         ge=0.0,
@@ -194,6 +209,12 @@ class EvaluationConfig(Section):
         description="Largest share of judgments (pairwise and single) that may fail or be unparseable: above it the "
         "evaluation is incomplete and `prefcurate evaluate`/`curate` exit with code 3 after printing the leaderboard.",
     )
+
+    @model_validator(mode="after")
+    def _distinct_seeds(self) -> "EvaluationConfig":
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}")
+        return self
 
 
 class TrackingConfig(Section):
@@ -377,6 +398,9 @@ class EvaluateConfig(Section):
             raise ValueError(f"model names must be unique, got {names}")
         if self.evaluation.reference not in names:
             raise ValueError(f"evaluation.reference must name one of models {sorted(names)}, got '{self.evaluation.reference}'")
+        if self.evaluation.seeds is not None and len(self.evaluation.seeds) > 1:
+            raise ValueError("evaluation.seeds repeats curate's final training; evaluate judges the given models once "
+                             "(set generation.seed and judge.seed instead)")
         checkpoints = sorted(name for name, uri in self.model_map().items() if not uri.endswith(".json"))
         if checkpoints and not self.eval_prompts_uri:
             raise ValueError(f"eval_prompts_uri is required to generate answers with the checkpoints {checkpoints}")

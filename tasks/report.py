@@ -8,7 +8,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from prefcurate.data.stage import IngestOut
-from prefcurate.evaluation.stage import JudgeOut
+from prefcurate.evaluation.stage import JudgeOut, ReplicatesOut
 from prefcurate.reporting.stage import REGISTER, REPORT, RegisterOut, ReportOut
 from prefcurate.scoring.stage import ScoreOut
 from prefcurate.selection.stage import SelectOut
@@ -19,9 +19,12 @@ from prefcurate.training.stage import ModelOut
 
 @task(name="report", cache_policy=NONE, **IO_RETRIES)
 def report_stage(ingest: IngestOut, score: ScoreOut, select: SelectOut, judge: JudgeOut | None, others: dict[str, Any],
-                 config: Any, run: str, tracking: RunHandle | None = None) -> ReportOut:
+                 config: Any, run: str, tracking: RunHandle | None = None,
+                 replicates: ReplicatesOut | None = None) -> ReportOut:
     """figures/*.png and report.md, logged to the parent MLflow run and shown as a Prefect markdown artifact."""
     inputs = {"ingest": ingest, "score": score, "select": select, "judge": judge, "others": others}
+    if replicates is not None:
+        inputs["replicates"] = replicates
     return run_spec(REPORT, run, config, inputs=inputs, tracking=tracking)
 
 

@@ -2,8 +2,12 @@
 
 Preferences follow AlpacaEval: a float in [1, 2] per item, 1 = the reference (output_1)
 is better, 2 = the model (output_2) is better, 1.5 = a tie. The raw win rate is
-mean(preference − 1)·100 with the standard error (ddof 1) of the per-item win in %; the
-discrete win rate counts wins as 1, ties as ½ after rounding each preference to its side.
+mean(preference − 1)·100 with the standard error of the per-item win in %; the discrete
+win rate counts wins as 1, ties as ½ after rounding each preference to its side.
+
+Several answers per prompt (`generation.n_samples`) are not independent items: the standard
+errors are clustered by prompt (`clustered_standard_error`), which with one answer per prompt
+is exactly the plain standard error (ddof 1) of the mean.
 
 The length-controlled win rate answers "what would the win rate be if both answers had the
 same length?": a logistic GLM of the (soft) preference on an intercept and
@@ -46,6 +50,9 @@ LEADERBOARD_COLUMNS = [
     "n_scored",
     "n_unscored",
 ]
+# A model judged directly against an opponent (`evaluate.head_to_head`): `model`'s win rate against `opponent`
+HEAD_TO_HEAD_COLUMNS = ["model", "opponent", "win_rate", "standard_error", "n_wins", "n_wins_base", "n_draws", "n_total",
+                        "n_rejected"]
 GLM_C = 100.0  # AlpacaEval's inverse L2 strength for its length-controlled GLM
 
 
@@ -65,19 +72,38 @@ def _preferences(preferences: Sequence[float | None]) -> tuple[np.ndarray, int]:
     return kept, int(missing.sum())
 
 
-def win_rate(preferences: Sequence[float | None], lengths: Sequence[int] | None = None) -> dict[str, float]:
+def clustered_standard_error(values: Sequence[float], clusters: Sequence[Any] | None = None) -> float:
+    """Standard error of mean(values) with items of one cluster (one prompt) correlated:
+    sqrt(G/(G−1) · Σ_g (Σ_{i∈g} (v_i − v̄))²) / n over G clusters (the CR1 sandwich of a mean).
+    Without clusters, or one item per cluster, it is std(ddof=1)/√n. NaN with fewer than two clusters."""
+    v = np.asarray(values, dtype=float)
+    if clusters is None:
+        clusters = range(len(v))
+    if len(clusters) != len(v):
+        raise DataError(f"{len(v)} values but {len(clusters)} cluster labels; pass one label (the prompt) per value")
+    groups = pd.Series(v - v.mean()).groupby(pd.Series(list(clusters)), sort=False).sum().to_numpy() if len(v) else v
+    g = len(groups)
+    if g < 2:
+        return math.nan
+    return float(math.sqrt(g / (g - 1) * float(np.sum(groups**2))) / len(v))
+
+
+def win_rate(preferences: Sequence[float | None], lengths: Sequence[int] | None = None,
+             clusters: Sequence[Any] | None = None) -> dict[str, float]:
     """AlpacaEval's head-to-head metrics of a model against the reference.
 
     `lengths` are the model's output lengths in characters (for `avg_length`); missing
-    preferences are left out of every metric and counted in `n_rejected`.
+    preferences are left out of every metric and counted in `n_rejected`. `clusters` (one
+    label per preference, the prompt) cluster the standard error; None: items independent.
     """
     prefs, n_rejected = _preferences(preferences)
+    kept = _kept(preferences, clusters)
     wins = prefs - 1.0
     n = len(wins)
     discrete = np.where(prefs == 1.5, 0.5, np.where(prefs > 1.5, 1.0, 0.0))
     return {
         "win_rate": float(wins.mean() * 100) if n else math.nan,
-        "standard_error": float(wins.std(ddof=1) * 100) / math.sqrt(n) if n > 1 else math.nan,
+        "standard_error": clustered_standard_error(wins, kept) * 100 if n > 1 else math.nan,
         "n_wins": int((wins > 0.5).sum()),
         "n_wins_base": int((wins < 0.5).sum()),
         "n_draws": int((prefs == 1.5).sum()),
@@ -88,17 +114,28 @@ def win_rate(preferences: Sequence[float | None], lengths: Sequence[int] | None 
     }
 
 
+def _kept(values: Sequence[Any], clusters: Sequence[Any] | None) -> list[Any] | None:
+    """The cluster labels of the values that are not missing (None/NaN)."""
+    if clusters is None:
+        return None
+    if len(clusters) != len(values):
+        raise DataError(f"{len(values)} values but {len(clusters)} cluster labels; pass one label (the prompt) per value")
+    return [c for v, c in zip(values, clusters) if not (v is None or (isinstance(v, float) and math.isnan(v)))]
+
+
 def length_controlled_win_rate(
     preferences: Sequence[float | None],
     model_lengths: Sequence[int],
     reference_lengths: Sequence[int],
+    clusters: Sequence[Any] | None = None,
 ) -> dict[str, float]:
     """The win rate at zero length difference and its standard error (both in %).
 
     Fits P(model wins) = σ(b0 + b1·tanh(Δ/sd(Δ))) with Δ = model length − reference length
     to the soft labels preference − 1 by penalised Newton steps; LC = 100·σ(b0). The
     standard error is the delta method on a sandwich (robust) covariance of b0, which stays
-    honest for soft labels. Warns, as AlpacaEval does, when LC and raw differ wildly.
+    honest for soft labels; with `clusters` (the prompt of each item) its middle sums the
+    score contributions per cluster first. Warns, as AlpacaEval does, when LC and raw differ wildly.
     """
     values = np.array([np.nan if p is None else float(p) for p in preferences], dtype=float)
     if not (len(values) == len(model_lengths) == len(reference_lengths)):
@@ -107,6 +144,7 @@ def length_controlled_win_rate(
             "pass one length pair per preference"
         )
     keep = ~np.isnan(values)
+    groups = None if clusters is None else _kept(values.tolist(), clusters)
     prefs, _ = _preferences(values[keep])
     y = prefs - 1.0
     delta = np.asarray(model_lengths, dtype=float)[keep] - np.asarray(reference_lengths, dtype=float)[keep]
@@ -120,7 +158,10 @@ def length_controlled_win_rate(
     beta = _fit_soft_logistic(design, y, penalty=np.array([0.0, 1.0 / GLM_C]))
     p = _sigmoid(design @ beta)
     hessian = (design * (p * (1 - p))[:, None]).T @ design + np.diag([0.0, 1.0 / GLM_C])
-    meat = (design * ((y - p) ** 2)[:, None]).T @ design
+    scores = design * (y - p)[:, None]
+    if groups is not None:
+        scores = pd.DataFrame(scores).groupby(pd.Series(groups), sort=False).sum().to_numpy()
+    meat = scores.T @ scores
     bread = np.linalg.pinv(hessian)
     var_b0 = float((bread @ meat @ bread)[0, 0])
     p0 = float(_sigmoid(beta[0]))
@@ -174,11 +215,15 @@ def _is_extreme_change(raw: float, lc: float, abs_diff: float = 10.0, rel_diff: 
     return bool(too_small or too_large)
 
 
-def single_score(scores: Sequence[float]) -> dict[str, float]:
-    """MT-Bench SingleScore: the mean of 1–10 grades; −1 (unparseable) is excluded and counted."""
+def single_score(scores: Sequence[float], clusters: Sequence[Any] | None = None) -> dict[str, float]:
+    """MT-Bench SingleScore: the mean of 1–10 grades; −1 (unparseable) is excluded and counted.
+    `clusters` (the prompt of each grade) cluster the standard error."""
     values = np.array(scores, dtype=float)
     unscored = (values == -1) | np.isnan(values)
     kept = values[~unscored]
+    if clusters is not None and len(clusters) != len(values):
+        raise DataError(f"{len(values)} single scores but {len(clusters)} cluster labels; pass one label per score")
+    groups = None if clusters is None else [c for c, u in zip(clusters, unscored) if not u]
     bad = kept[(kept < 1) | (kept > 10)]
     if bad.size:
         raise DataError(f"{bad.size} single scores lie outside 1–10 (e.g. {bad[0]:g}); use −1 for an unparseable grade")
@@ -187,19 +232,22 @@ def single_score(scores: Sequence[float]) -> dict[str, float]:
     n = len(kept)
     return {
         "single_score": float(kept.mean()) if n else math.nan,
-        "single_score_standard_error": float(kept.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
+        "single_score_standard_error": clustered_standard_error(kept, groups) if n > 1 else math.nan,
         "n_scored": n,
         "n_unscored": int(unscored.sum()),
     }
 
 
 def leaderboard_row(annotations: Sequence[dict], single_scores: Sequence[float] | None = None) -> dict[str, float]:
-    """One leaderboard row from a model's AlpacaEval annotations (output_1 = reference, output_2 = model)."""
+    """One leaderboard row from a model's AlpacaEval annotations (output_1 = reference, output_2 = model),
+    standard errors clustered by instruction (several samples of one prompt are one cluster)."""
     prefs = [row.get("preference") for row in annotations]
+    prompts = [row["instruction"] for row in annotations]
     model_lengths = [len(row["output_2"]) for row in annotations]
-    row = win_rate(prefs, model_lengths)
-    row.update(length_controlled_win_rate(prefs, model_lengths, [len(r["output_1"]) for r in annotations]))
-    row.update(single_score(single_scores if single_scores is not None else []))
+    row = win_rate(prefs, model_lengths, clusters=prompts)
+    row.update(length_controlled_win_rate(prefs, model_lengths, [len(r["output_1"]) for r in annotations], clusters=prompts))
+    row.update(single_score(single_scores if single_scores is not None else [],
+                            clusters=prompts if single_scores is not None else None))
     return row
 
 

@@ -61,6 +61,23 @@ def summarize(by_seed: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values("mean", ascending=False)
 
 
+def head_to_head_summary(frames: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
+    """Per opponent of the selection's direct comparisons (`evaluate.head_to_head`, one frame per seed): the
+    seeds, the mean win rate of `selected` against it with its 95 % t-interval, a one-sample t-test against
+    50 % (a tie) and the seeds the selection won."""
+    if not frames:
+        raise PrefcurateError("no head-to-head judgment to aggregate; set evaluation.head_to_head")
+    by_seed = pd.DataFrame({seed: f.set_index("opponent")["win_rate"].astype(float) for seed, f in frames.items()}).T
+    rows = {}
+    for opponent in by_seed.columns:
+        values = by_seed[opponent].dropna().to_numpy()
+        mean, lo, hi = _interval(values) if len(values) else (math.nan,) * 3
+        p = float(stats.ttest_1samp(values, 50.0).pvalue) if len(values) >= 2 and np.ptp(values) > 0 else math.nan
+        rows[opponent] = {"seeds": len(values), "mean": mean, "ci_low": lo, "ci_high": hi, "p_vs_tie": p,
+                          "selected_wins": int((values > 50).sum())}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("opponent")
+
+
 def verdicts(table: pd.DataFrame, alpha: float = 0.05) -> list[str]:
     """One plain sentence per baseline: does the selection beat it, lose to it, or is it undecided?"""
     out = []
@@ -76,8 +93,8 @@ def verdicts(table: pd.DataFrame, alpha: float = 0.05) -> list[str]:
     return out
 
 
-def markdown(table: pd.DataFrame, by_seed: pd.DataFrame, reference: str) -> str:
-    """The study as markdown: the summary table, the per-seed win rates, the verdicts."""
+def markdown(table: pd.DataFrame, by_seed: pd.DataFrame, reference: str, head_to_head: pd.DataFrame | None = None) -> str:
+    """The study as markdown: the summary table, the per-seed win rates, the verdicts (and the head-to-head summary)."""
     def cell(v: object, fmt: str = "{:.1f}") -> str:
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
 
@@ -97,4 +114,11 @@ def markdown(table: pd.DataFrame, by_seed: pd.DataFrame, reference: str) -> str:
     lines += [f"| {seed} | " + " | ".join(cell(v) for v in row) + " |" for seed, row in by_seed.iterrows()]
     lines.append("")
     lines += [f"- {v}" for v in verdicts(table)]
+    if head_to_head is not None and not head_to_head.empty:
+        lines += ["", f"Head to head: win rate % of `{SELECTED}` judged directly against each model, mean and 95 % "
+                  "t-interval across seeds; p of a one-sample t-test against 50 % (a tie).", "",
+                  "| opponent | seeds | selected's win rate | 95 % CI | p vs 50 % | selected wins |", "|---|---|---|---|---|---|"]
+        lines += [f"| {name} | {int(r['seeds'])} | {cell(r['mean'])} | {cell(r['ci_low'])} – {cell(r['ci_high'])} | "
+                  f"{cell(r['p_vs_tie'], '{:.3f}')} | {int(r['selected_wins'])}/{int(r['seeds'])} |"
+                  for name, r in head_to_head.iterrows()]
     return "\n".join(lines) + "\n"

@@ -91,11 +91,15 @@ def render_report(
     figures: Mapping[str, str] | None = None,
     tracking: RunHandle | None = None,
     notes: list[str] | None = None,
+    head_to_head: pd.DataFrame | None = None,
+    replicates: str | None = None,
 ) -> str:
     """report.md for one run; sections whose inputs are absent (e.g. nightly: no leaderboard) are left out.
 
     `counts` are the data counts by name (rows_read, train, validation, rejected, …);
-    `figures` maps a figure name to its URI (linked relative to `run_root` when under it).
+    `figures` maps a figure name to its URI (linked relative to `run_root` when under it);
+    `head_to_head` is one seed's direct judgments of the selection (`evaluate.head_to_head`), `replicates`
+    the markdown of several seeds' summary (`replicates.markdown`, its own head-to-head table included).
     """
     root = redact_uri(run_root)
     out = [f"# prefcurate run `{run_name}`", ""]
@@ -134,6 +138,16 @@ def render_report(
         against = f" against `{reference}` (50 % = tie)" if reference else ""
         out += ["## Leaderboard", "", f"Win rates{against}, ± one standard error.", "",
                 markdown_table(leaderboard_table(leaderboard), digits=1), ""]
+    if head_to_head is not None and not head_to_head.empty:
+        table = pd.DataFrame({"opponent": head_to_head["opponent"].astype(str),
+                              "win rate % of selected (± s.e.)": [_pm(v, e) for v, e in zip(head_to_head["win_rate"],
+                                                                                             head_to_head["standard_error"])],
+                              "n_wins": head_to_head["n_wins"], "n_wins_base": head_to_head["n_wins_base"],
+                              "n_draws": head_to_head["n_draws"], "n_total": head_to_head["n_total"]})
+        out += ["## Head to head", "", "`selected` judged directly against each model (its win rate; 50 % = tie), "
+                "± one standard error clustered by prompt.", "", markdown_table(table, digits=1), ""]
+    if replicates:
+        out += ["## Replicates", "", replicates.rstrip(), ""]
 
     if figures:
         out += ["## Figures", ""]

@@ -12,7 +12,7 @@ from prefcurate import io
 from prefcurate.checkpoint import METADATA_FILE, is_adapter, load_checkpoint, save_checkpoint
 from prefcurate.data.stage import IngestOut
 from prefcurate.evaluation.metrics import read_leaderboard
-from prefcurate.evaluation.stage import JudgeOut
+from prefcurate.evaluation.stage import JudgeOut, ReplicatesOut
 from prefcurate.manifest import FileRef, StageOutput
 from prefcurate.reporting import plots
 from prefcurate.reporting.report import inline_figures, render_report, write_report
@@ -30,14 +30,16 @@ class ReportOut(StageOutput):
 
 
 def _report(ctx: StageContext, ingest: IngestOut, score: ScoreOut, select: SelectOut, judge: JudgeOut | None = None,
-            others: dict[str, Any] | None = None) -> ReportOut:
+            others: dict[str, Any] | None = None, replicates: ReplicatesOut | None = None) -> ReportOut:
     """figures/*.png and report.md from the finished stages' outputs; logged to the parent MLflow run.
 
     `others` are the remaining finished stages: inputs of the report (it is rebuilt when any of them changes).
+    With `replicates` (several seeds) the report shows their means and intervals instead of one seed's
+    leaderboard, and draws no single-seed win-rate figure.
     """
     scores = io.read_parquet(score.scores.uri)
     selection = read_selection(select.selection.uri)
-    board = read_leaderboard(judge.leaderboard.uri) if judge is not None else None
+    board = read_leaderboard(judge.leaderboard.uri) if judge is not None and replicates is None else None
     reference = judge.reference if judge is not None else None
     figures = plots.write_figures(ctx.path("figures"), scores, selection, board, reference)
     counts = {"read": ingest.rows_read, "train": ingest.n_train, "validation": ingest.n_validation,
@@ -46,7 +48,8 @@ def _report(ctx: StageContext, ingest: IngestOut, score: ScoreOut, select: Selec
         run_name=ctx.config.run_name, run_root=ctx.run, model_uri=ingest.sft.uri, model_fingerprint=ingest.sft_fingerprint,
         counts=counts, rejects_by_reason=ingest.rejects_by_reason, selection=selection,
         agreement=select.agreement_report(), leaderboard=board, reference=reference, figures=figures,
-        tracking=ctx.parent,
+        tracking=ctx.parent, head_to_head=judge.head_to_head_frame() if judge is not None and replicates is None else None,
+        replicates=replicates.text() if replicates is not None else None,
     )  # fmt: skip
     uri = write_report(markdown, ctx.run)
     ctx.hooks.markdown("run-report", inline_figures(markdown, figures, ctx.run), description=f"Report of {ctx.run}")

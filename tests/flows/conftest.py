@@ -16,7 +16,7 @@ SHARD_SIZE = 60  # the small world's 240 pairs → 4 shards
 def stage_outputs(run: Path) -> dict[str, Any]:
     """Every finished stage's typed output under a run directory, read from its manifest."""
     from prefcurate.data.stage import IngestOut
-    from prefcurate.evaluation.stage import GenerateOut, JudgeOut
+    from prefcurate.evaluation.stage import GenerateOut, JudgeOut, ReplicatesOut
     from prefcurate.manifest import read_manifest
     from prefcurate.reporting.stage import RegisterOut, ReportOut
     from prefcurate.scoring.bundle import BundleOut
@@ -28,8 +28,9 @@ def stage_outputs(run: Path) -> dict[str, Any]:
 
     exact = {"ingest": IngestOut, "reference": ReferenceOut, "warmup": ModelOut, "val": ModelOut, "val-gradient": GradientOut,
              "score": ScoreOut, "select": SelectOut, "judge": JudgeOut, "register": RegisterOut, "report": ReportOut,
-             "publish": PublishOut, "bundle": BundleOut, "new-pairs": NewPairsOut}
-    prefixes = {"score-shard-": ShardOut, "score-new-": NewShardOut, "final-": ModelOut, "generate-": GenerateOut}
+             "publish": PublishOut, "bundle": BundleOut, "new-pairs": NewPairsOut, "replicates": ReplicatesOut}
+    prefixes = {"score-shard-": ShardOut, "score-new-": NewShardOut, "final-": ModelOut, "generate-": GenerateOut,
+                "judge-seed": JudgeOut}
     out = {}
     for path in sorted((Path(run) / "manifests").glob("*.json")):
         kind = exact.get(path.stem) or next(k for p, k in prefixes.items() if path.stem.startswith(p))

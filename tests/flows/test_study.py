@@ -47,3 +47,14 @@ def test_study_refuses_bad_arguments_in_one_line(tmp_path):
                           ([], "give --config or --toy"), (["--toy", "huge"], "--toy must be small or default")):
         result = CliRunner().invoke(app, ["study", *args])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_study_refuses_seeds_inside_each_replicate(tmp_path):
+    from prefcurate.config import RunConfig
+    from prefcurate.errors import ConfigError
+    from prefcurate.flows.study import study
+
+    config = RunConfig.model_validate({"root": str(tmp_path), "model": {"uri": "m"}, "data": {"pool_uri": "p.parquet"},
+                                       "evaluation": {"seeds": [0, 1]}})
+    with pytest.raises(ConfigError, match="one curate per seed already"):
+        study.fn([config])

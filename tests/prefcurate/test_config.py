@@ -36,3 +36,17 @@ def test_load_config_names_a_bad_refresh_policy(tmp_path):
 
     with pytest.raises(ConfigError, match="refresh.policy"):
         load_config(NightlyConfig, None, ["model.uri=m", "data.pool_uri=p.parquet", "refresh.policy=weekly"])
+
+
+def test_evaluation_seeds_are_distinct_and_only_curate_repeats_them():
+    from prefcurate.config import load_config
+
+    base = ["model.uri=m", "data.pool_uri=p.parquet"]
+    assert load_config(RunConfig, None, [*base, "evaluation.seeds=[0, 1, 2]"]).evaluation.seeds == [0, 1, 2]
+    assert load_config(RunConfig, None, base).evaluation.seeds is None  # default: one run, today's seeds
+    for bad, message in (("[0, 0]", "distinct"), ("[]", "evaluation.seeds")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(RunConfig, None, [*base, f"evaluation.seeds={bad}"])
+    with pytest.raises(ValueError, match="evaluate judges the given models once"):
+        EvaluateConfig.model_validate({"models": {"sft": "a.json", "new": "b.json"},
+                                       "evaluation": {"reference": "sft", "seeds": [0, 1]}})

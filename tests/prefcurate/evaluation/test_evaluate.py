@@ -192,3 +192,41 @@ def test_failed_and_unparseable_judgments_mix_with_verdicts(tmp_path, broken_end
     assert [a["verdict_status"] for a in annotations] == ["failed", "ok", "ok", "ok"]
     assert annotations[0]["verdict_reason"].startswith("http_error: HTTP 500")
     assert _read(out / "judge.json")["failed_fraction"] == pytest.approx(0.25)
+
+
+def _rows(name, answers):
+    """Two sampled answers per prompt of the first three instructions."""
+    return [{"instruction": i, "output": a, "generator": name, "sample": k}
+            for (i, k), a in zip([(i, k) for i in INSTRUCTIONS[:3] for k in (0, 1)], answers)]
+
+
+def test_head_to_head_judges_the_selection_directly_and_swapping_the_order_mirrors_it(tmp_path):
+    from prefcurate.evaluation.evaluate import head_to_head
+
+    outputs = {
+        "selected": _rows("selected", ["apple apple done", "apple apple done", "river river done", "river river river done",
+                                       "stone done", "um"]),
+        "full": _rows("full", ["apple done", "apple apple done", "river river river done", "river done",
+                               "stone done", "stone done"]),
+        "sft": _rows("sft", ["um"] * 6),
+    }
+    judge = make_judge(JudgeConfig(), None)
+    frame = head_to_head(outputs, "selected", judge, str(tmp_path / "out"))
+    assert list(frame["opponent"]) == ["full", "sft"] and set(frame["model"]) == {"selected"}
+    full = frame.set_index("opponent").loc["full"]
+    # answer k against full's answer k: win, tie, lose, win, tie, lose
+    assert (full["n_wins"], full["n_wins_base"], full["n_draws"], full["n_total"]) == (2, 2, 2, 6)
+    assert full["win_rate"] == pytest.approx(50.0)
+    annotations = _read(tmp_path / "out" / "head_to_head" / "selected-vs-full" / "annotations.json")
+    assert {a["generator_1"] for a in annotations} == {"full"} and {a["generator_2"] for a in annotations} == {"selected"}
+    swapped = head_to_head(outputs, "full", judge, str(tmp_path / "swapped"), opponents=["selected", "sft"])
+    back = swapped.set_index("opponent")
+    mine = frame.set_index("opponent")
+    assert mine.loc["full", "win_rate"] + back.loc["selected", "win_rate"] == pytest.approx(100.0)
+    assert mine.loc["full", "standard_error"] == pytest.approx(back.loc["selected", "standard_error"])
+    on_disk = pd.read_csv(tmp_path / "out" / "head_to_head.csv")
+    assert on_disk.to_dict(orient="records") == frame.to_dict(orient="records")
+    # on the oracle's quality alone: selected beats sft's "um" except where it says "um" itself
+    assert mine.loc["sft", "n_wins"] == 5 and mine.loc["sft", "n_draws"] == 1
+    with pytest.raises(DataError, match="not among the models"):
+        head_to_head(outputs, "random", judge, str(tmp_path / "x"))

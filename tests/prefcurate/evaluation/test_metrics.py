@@ -135,3 +135,39 @@ def test_raw_win_rate_matches_alpaca_eval(monkeypatch):
     theirs = get_winrate(pd.DataFrame({"preference": prefs}))
     for key in ["win_rate", "standard_error", "n_wins", "n_wins_base", "n_draws", "n_total", "discrete_win_rate"]:
         assert ours[key] == pytest.approx(float(theirs[key]), rel=1e-12), key
+
+
+def test_standard_errors_are_clustered_by_prompt_as_a_hand_computation():
+    from prefcurate.evaluation.metrics import clustered_standard_error, leaderboard_row
+
+    # two sampled answers for each of three prompts: prompt a's answers win together, c's lose together
+    annotations = [{"instruction": i, "output_1": "x" * n1, "output_2": "y" * n2, "preference": p}
+                   for i, n1, n2, p in [("a", 3, 4, 2.0), ("a", 3, 5, 2.0), ("b", 4, 4, 1.5), ("b", 2, 6, 2.0),
+                                        ("c", 5, 3, 1.0), ("c", 4, 2, 1.0)]]
+    row = leaderboard_row(annotations, [9.0, 8.0, 5.0, 7.0, 2.0, -1.0])
+    wins = [1.0, 1.0, 0.5, 1.0, 0.0, 0.0]
+    mean = sum(wins) / 6  # 0.5833…
+    # CR1: per-prompt sums of deviations, G/(G−1)·Σ sums², square root, over n
+    sums = [(1 - mean) + (1 - mean), (0.5 - mean) + (1 - mean), (0 - mean) + (0 - mean)]
+    hand = (3 / 2 * sum(s * s for s in sums)) ** 0.5 / 6
+    assert row["win_rate"] == pytest.approx(100 * mean)
+    assert row["standard_error"] == pytest.approx(100 * hand)
+    naive = float(np.std(wins, ddof=1) / np.sqrt(6))
+    assert row["standard_error"] > 100 * naive  # correlated samples: the naive s.e. is too small here
+    # the single score's s.e. over the five parsed grades, clustered the same way (c has one grade left)
+    grades, prompts = [9.0, 8.0, 5.0, 7.0, 2.0], ["a", "a", "b", "b", "c"]
+    g_mean = sum(grades) / 5
+    g_sums = [9 + 8 - 2 * g_mean, 5 + 7 - 2 * g_mean, 2 - g_mean]
+    assert row["single_score_standard_error"] == pytest.approx((3 / 2 * sum(s * s for s in g_sums)) ** 0.5 / 5)
+    assert clustered_standard_error(grades, prompts) == pytest.approx(row["single_score_standard_error"])
+    # one answer per prompt: the clustered s.e. is the plain one (today's numbers are unchanged)
+    assert clustered_standard_error(wins, list("abcdef")) == pytest.approx(naive)
+    assert clustered_standard_error(wins) == pytest.approx(naive)
+
+
+def test_cluster_labels_must_match_the_values():
+    from prefcurate.errors import DataError
+    from prefcurate.evaluation.metrics import win_rate
+
+    with pytest.raises(DataError, match="one label"):
+        win_rate([2.0, 1.0, 1.5], clusters=["a", "b"])

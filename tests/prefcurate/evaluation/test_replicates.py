@@ -41,3 +41,20 @@ def test_one_seed_has_no_interval():
     table = replicates.summarize(replicates.win_rates_by_seed({0: pd.DataFrame({"model": ["selected", "full"],
                                                                                 "win_rate": [60.0, 55.0]})}))
     assert np.isnan(table.loc["full", "diff_ci_low"]) and np.isnan(table.loc["full", "paired_p"])
+
+
+def test_head_to_head_summary_across_seeds():
+    frames = {s: pd.DataFrame({"model": "selected", "opponent": ["full", "random"], "win_rate": [w_full, w_random],
+                               "standard_error": 2.0})
+              for s, w_full, w_random in [(0, 60.0, 52.0), (1, 56.0, 47.0), (2, 58.0, 51.0)]}
+    table = replicates.head_to_head_summary(frames)
+    full = table.loc["full"]
+    half = stats.t.ppf(0.975, 2) * np.std([60, 56, 58], ddof=1) / np.sqrt(3)
+    assert (full["seeds"], full["mean"], full["selected_wins"]) == (3, pytest.approx(58.0), 3)
+    assert (full["ci_low"], full["ci_high"]) == (pytest.approx(58 - half), pytest.approx(58 + half))
+    assert full["p_vs_tie"] == pytest.approx(stats.ttest_1samp([60, 56, 58], 50).pvalue)
+    assert table.loc["random", "selected_wins"] == 2
+    by_seed = replicates.win_rates_by_seed({0: pd.DataFrame({"win_rate": [60.0, 50.0]}, index=["selected", "sft"]),
+                                 1: pd.DataFrame({"win_rate": [58.0, 50.0]}, index=["selected", "sft"])})
+    text = replicates.markdown(replicates.summarize(by_seed), by_seed, "sft", table)
+    assert "Head to head" in text and "| full | 3 | 58.0 |" in text

@@ -98,3 +98,15 @@ def test_prefect_artifact_embeds_the_figures(tmp_path):
     inline = report.inline_figures(markdown, figures, str(tmp_path))
     assert f"![scores](data:image/png;base64,{base64.b64encode(png).decode()})" in inline
     assert "figures/scores.png" not in inline
+
+
+def test_head_to_head_and_replicates_sections():
+    direct = pd.DataFrame({"model": "selected", "opponent": ["full", "random"], "win_rate": [58.25, 61.0],
+                           "standard_error": [3.5, float("nan")], "n_wins": [60, 70], "n_wins_base": [40, 38],
+                           "n_draws": [100, 92], "n_total": [200, 200]})
+    md = report.render_report(run_name="r", run_root="runs/r", leaderboard=LEADERBOARD, reference="sft", head_to_head=direct)
+    section = _section(md, "Head to head")
+    assert "| full | 58.2 ± 3.5 | 60 | 40 | 100 | 200 |" in section and "| random | 61.0 | 70 |" in section
+    assert "## Replicates" not in md  # one seed: no interval is shown, none is made up
+    seeds = report.render_report(run_name="r", run_root="runs/r", replicates="| model | seeds | mean | 95 % CI |\n")
+    assert "| model | seeds | mean | 95 % CI |" in _section(seeds, "Replicates") and "## Leaderboard" not in seeds
