@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from prefcurate import io
 from prefcurate.config import CompareModelsConfig, RunConfig
+from prefcurate.errors import ConfigError
 from prefcurate.flows.curate import score_and_select
 from prefcurate.flows.runs import lease_owner, parent_run, resolve_run, use_torch_threads
 from prefcurate.lease import run_lease
@@ -64,6 +65,8 @@ def compare_models(config: CompareModelsConfig) -> CompareResult:
     """Score the pool for `model` and for `compare.model` (each in its run directory) and compare the scores."""
     wire_core_logging()
     config = resolve_run(config, "default")
+    if not config.scoring.compute_if:
+        raise ConfigError("comparing models needs exact IF: set scoring.compute_if=true")
     pipelines = config.pipelines()
     for pipeline in pipelines:
         preflight(pipeline)
