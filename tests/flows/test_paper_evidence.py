@@ -75,9 +75,10 @@ def comparison(root: Path, *args: str) -> dict:
 
 def test_a_model_compared_with_itself_reuses_the_run_and_agrees_perfectly(study, toy_world):
     root, _ = study
-    before = manifest(root / "runs" / "toy", "score")["meta"]["cache_key"]
+    stages = ("warmup", "val-gradient", "score", "select")
+    before = {s: manifest(root / "runs" / "toy", s)["meta"]["created_at"] for s in stages}
     result = comparison(root, "--other-model", toy_world.checkpoint_dir, "--other-run", "toy")
-    assert manifest(root / "runs" / "toy", "score")["meta"]["cache_key"] == before
+    assert {s: manifest(root / "runs" / "toy", s)["meta"]["created_at"] for s in stages} == before  # reused, not redone
     assert result["if_spearman"] == pytest.approx(1.0) and result["if_sign_changes"] == 0.0
     assert result["tif"]["overlap"] == 1.0 and result["selection"]["overlap"] == 1.0
 
@@ -104,3 +105,18 @@ def test_two_sft_models_compare_as_the_hand_computation_from_their_score_tables(
         assert -1.0 <= result[key] <= 1.0
     assert -1.0 <= result["tif"]["kappa"] <= 1.0 and -1.0 <= result["selection"]["kappa"] <= 1.0
     assert result["if_spearman"] < 1.0  # another model: not the same ranking
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path, toy_world):
+    from prefcurate.flows.cli import app
+
+    config = tmp_path / "toy.yaml"
+    config.write_text(yaml.safe_dump(toy_config(toy_world, str(tmp_path / "runs"), f"sqlite:///{tmp_path / 'm.db'}")))
+    for args, message in (
+        (["if-groups", "--config", str(config), "--set", "if_groups.cuts=[60,40]"], "0 < lo < hi < 100"),
+        (["compare-models", "--config", str(config)], "'compare': Field required"),
+        (["toyworld", "sft", "--world", str(tmp_path), "--out", str(tmp_path / "m"), "--seed", "1"], "holds no toy world"),
+        (["toyworld", "sft", "--world", toy_world.root, "--out", str(tmp_path / "m"), "--seed", "0"], "rebuilds the world's model"),
+    ):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
