@@ -402,6 +402,79 @@ def study(
     typer.echo("\n" + result.markdown + f"\nStudy: {result.study_uri}\nMLflow run: {result.mlflow_url}")
 
 
+# --- if-groups / compare-models: the paper's evidence on the user's own model and pool ------
+
+
+@toyworld_app.command("sft")
+def toyworld_sft(
+    world: str = typer.Option(..., "--world", help="A built toy world's directory (`toyworld build --out`)."),
+    out: str = typer.Option(..., "--out", help="Directory to save the second SFT checkpoint in."),
+    seed: int = typer.Option(..., help="Seed of its initialisation and demonstrations (another than the world's)."),
+    epochs: float = typer.Option(None, min=0.01, help="SFT epochs (default: the world's); fewer gives a weaker model."),
+) -> None:
+    """Train a second SFT model for a built world — same tokenizer, pool and instructions — for `compare-models`."""
+    _quiet_libraries()
+    from prefcurate.toyworld.variant import build_sft_variant, open_world
+
+    try:
+        built = build_sft_variant(open_world(world), out, seed=seed, epochs=epochs)
+    except PrefcurateError as exc:
+        fail(str(exc))
+    typer.echo(f"SFT variant (seed {seed}, {built['epochs']:g} epochs) in {out}: fingerprint {built['fingerprint'][:12]}, "
+               f"oracle quality greedy {built['mean_quality_greedy']:.3f}")
+
+
+@app.command("if-groups")
+def if_groups(
+    config: str = typer.Option(..., "--config", help="YAML curate config plus an optional `if_groups` section; the same "
+                               "root and run name reuse that run's θ and scores."),
+    sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """Split the pool into low / medium / high IF groups, train DPO from θ on each for the same number of
+    steps and print validation loss and margin per group (curves in MLflow and <run>/figures/if_groups.png)."""
+    from prefcurate.config import IFGroupsConfig
+
+    cfg = _load(IFGroupsConfig, config, sets)
+    _preflight(cfg)
+    _flow_console()
+    from prefcurate.flows.ifgroups import if_groups_flow
+
+    result = _run_flow(if_groups_flow, cfg)
+    typer.echo(f"\nIF groups: DPO from θ for {result.steps} steps each; validation loss and margin (mean β·m)")
+    typer.echo(f"  {'group':<8} {'pairs':>6} {'loss start':>11} {'loss final':>11} {'margin start':>13} {'margin final':>13}")
+    for row in result.table:
+        typer.echo(f"  {row['group']:<8} {row['n_pairs']:>6} {row['val_loss_start']:>11.4f} {row['val_loss_final']:>11.4f} "
+                   f"{row['val_margin_start']:>13.4f} {row['val_margin_final']:>13.4f}")
+    typer.echo(f"\nReport:     {result.report_uri}\nFigure:     {result.figure_uri}\nMLflow run: {result.mlflow_url}")
+
+
+@app.command("compare-models")
+def compare_models(
+    config: str = typer.Option(..., "--config", help="YAML curate config of the first model (plus an optional `compare` section)."),
+    other_model: str = typer.Option(None, "--other-model", help="The second SFT checkpoint (dir, hub id, s3://); sets compare.model.uri."),
+    other_run: str = typer.Option(None, "--other-run", help="Run directory name of the second model's scoring (default <run_name>-b)."),
+    sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """Score one pool for two SFT models and report how far they agree: IF Spearman, the share of pairs whose
+    IF changes sign, and TIF and selection overlaps with chance level and Cohen's kappa."""
+    from prefcurate.config import CompareModelsConfig
+
+    overrides = list(sets or [])
+    if other_model:
+        overrides.append(f"compare.model.uri={other_model}")
+    if other_run:
+        overrides.append(f"compare.run_name={other_run}")
+    cfg = _load(CompareModelsConfig, config, overrides)
+    for pipeline in cfg.pipelines():
+        _preflight(pipeline)
+    _flow_console()
+    from prefcurate.flows.compare import compare_models as compare_flow
+
+    result = _run_flow(compare_flow, cfg)
+    typer.echo("\n" + result.comparison.markdown())
+    typer.echo(f"Runs:       {', '.join(result.runs)}\nReport:     {result.report_uri}\nMLflow run: {result.mlflow_url}")
+
+
 @app.command()
 def evaluate(
     config: str = typer.Option(None, "--config", help="YAML evaluate config (models, eval_prompts_uri, evaluation)."),

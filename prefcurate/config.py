@@ -319,6 +319,60 @@ class RunConfig(_Pipeline):
         return self
 
 
+# --- the paper's evidence: the IF-group study and the cross-model comparison -----------------
+
+
+class IFGroupSettings(Section):
+    """How the pool is split into IF groups and how each group is trained (`prefcurate if-groups`)."""
+
+    cuts: tuple[float, float] = Field(
+        default=(100 / 3, 200 / 3),
+        description="Percentiles (lo, hi) of the IF ranking that split the pool: low = below lo, medium = lo to hi, "
+        "high = above hi (default: thirds). Every pair is in exactly one group.",
+    )
+    steps: int | None = Field(
+        default=None, ge=1,
+        description="Optimiser steps of DPO from θ on each group (the same for every group). Empty: "
+        "training.final_epochs epochs of the smallest group.",
+    )  # fmt: skip
+    eval_every: int = Field(default=1, ge=1, description="Optimiser steps between two measurements of validation loss and margin (also measured before the first step and after the last).")
+
+    @model_validator(mode="after")
+    def _ordered_cuts(self) -> "IFGroupSettings":
+        lo, hi = self.cuts
+        if not 0 < lo < hi < 100:
+            raise ValueError(f"if_groups.cuts must satisfy 0 < lo < hi < 100, got ({lo:g}, {hi:g})")
+        return self
+
+
+class IFGroupsConfig(RunConfig):
+    """A curate config plus the IF-group study: the same root and run name reuse that run's θ and scores."""
+
+    if_groups: IFGroupSettings = Field(default_factory=IFGroupSettings, description="The IF groups and their training.")
+
+
+class CompareSettings(Section):
+    """The second SFT model of a cross-model comparison (`prefcurate compare-models`)."""
+
+    model: ModelSource = Field(description="The second SFT model, scored on the same pool with the same recipe as `model`.")
+    run_name: str | None = Field(
+        default=None, pattern=RUN_NAME_PATTERN,
+        description="Run directory of the second model's scoring (a finished run of it is reused); empty: `<run_name>-b`.",
+    )  # fmt: skip
+
+
+class CompareModelsConfig(RunConfig):
+    """A curate config (the first model) plus a second SFT model to score the same pool for."""
+
+    compare: CompareSettings = Field(description="The second model and its run directory.")
+
+    def pipelines(self) -> tuple[RunConfig, RunConfig]:
+        """The two scoring configs: this one's model and run, and the second model in its own run directory."""
+        first = RunConfig.model_validate(self.model_dump(exclude={"compare"}))
+        name = self.compare.run_name or f"{first.run_name or 'default'}-b"
+        return first, first.model_copy(update={"model": self.compare.model, "run_name": name})
+
+
 class RefreshConfig(Section):
     """When a nightly run trains its scoring bundle (θ, θ_val, ∇L_val) again instead of reusing the latest one.
 

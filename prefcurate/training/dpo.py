@@ -120,9 +120,11 @@ def lora_config(training: TrainingConfig):
 
 
 def dpo_args(
-    training: TrainingConfig, epochs: float, output_dir: str, report_to: list[str] | str | None = None
+    training: TrainingConfig, epochs: float, output_dir: str, report_to: list[str] | str | None = None,
+    max_steps: int | None = None,
 ) -> DPOConfig:
-    """TRL's DPOConfig from our TrainingConfig (its loss type, stored reference, no saving)."""
+    """TRL's DPOConfig from our TrainingConfig (its loss type, stored reference, no saving);
+    `max_steps` (optimiser steps, cycling the data as needed) overrides `epochs`."""
     bf16 = training.bf16
     if bf16 is None:
         bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -134,6 +136,7 @@ def dpo_args(
         per_device_train_batch_size=training.batch_size,
         gradient_accumulation_steps=training.gradient_accumulation_steps,
         num_train_epochs=epochs,
+        max_steps=max_steps or -1,
         max_length=training.max_length,
         truncation_mode=training.truncation_mode,
         precompute_ref_log_probs=True,
@@ -168,8 +171,10 @@ def fit_dpo(
     ref_model: PreTrainedModel | None = None,
     callbacks: list[TrainerCallback] | None = None,
     report_to: list[str] | str | None = None,
+    max_steps: int | None = None,
 ) -> FitResult:
-    """Train `model` in place with DPO on `pairs`; the reference is π_ref.
+    """Train `model` in place with DPO on `pairs`; the reference is π_ref. `max_steps`, when
+    given, is the number of optimiser steps instead of `epochs` (equal-step comparisons).
 
     A plain model gets a fresh adapter when `training.lora` is set; a PeftModel (a loaded
     adapter checkpoint) trains its own adapter further.
@@ -199,7 +204,7 @@ def fit_dpo(
     try:
         trainer = StoredReferenceDPOTrainer(
             model=model,
-            args=dpo_args(training, epochs, output_dir, report_to),
+            args=dpo_args(training, epochs, output_dir, report_to, max_steps),
             train_dataset=train_set,
             processing_class=tokenizer,
             callbacks=callbacks,
