@@ -19,7 +19,8 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from prefcurate.checkpoint import load_checkpoint
-from prefcurate.config import ScoringConfig, TrainingConfig
+from prefcurate.compute import place
+from prefcurate.config import ComputeConfig, ScoringConfig, TrainingConfig
 from prefcurate.errors import ScoringError
 from prefcurate.scoring.influence import ValidationGradient, influence_scores, with_lora
 from prefcurate.scoring.logps import compute_logps, dpo_loss, reference_index, reference_tensors, tokenize_pairs
@@ -46,11 +47,15 @@ class ScoringModels:
     val_fingerprint: str | None = None
 
 
-def load_scoring_models(warmup_dir: str, val_dir: str, training: TrainingConfig) -> ScoringModels:
-    """Load θ and θ_val from their checkpoints; θ gets the trainable set IF is taken over."""
+def load_scoring_models(warmup_dir: str, val_dir: str, training: TrainingConfig,
+                        compute: ComputeConfig | None = None) -> ScoringModels:
+    """Load θ and θ_val from their checkpoints, placed per `compute` (default: CPU, fp32); θ gets the
+    trainable set IF is taken over."""
     warmup = load_checkpoint(warmup_dir)
     val = load_checkpoint(val_dir)
     policy = with_lora(warmup.model, training) if training.lora is not None else warmup.model
+    if compute is not None:
+        policy, val.model = place(policy, compute), place(val.model, compute)
     return ScoringModels(warmup.tokenizer, policy, val.model, warmup.fingerprint, val.fingerprint)
 
 
