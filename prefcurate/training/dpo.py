@@ -14,6 +14,7 @@ next LoRA stage puts fresh adapters on it (TRL seeds their initialisation).
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -29,6 +30,7 @@ from trl import __version__ as trl_version
 
 from prefcurate import io
 from prefcurate.checkpoint import inspect_checkpoint, load_checkpoint, save_checkpoint
+from prefcurate.compute import resolve_device
 from prefcurate.config import ModelSource, TrainingConfig
 from prefcurate.errors import ConfigError, DataError
 from prefcurate.progress import on_terminal
@@ -118,17 +120,24 @@ def lora_config(training: TrainingConfig):
 
 
 def dpo_args(
-    training: TrainingConfig, epochs: float, output_dir: str, report_to: list[str] | str | None = None
+    training: TrainingConfig, epochs: float, output_dir: str, report_to: list[str] | str | None = None,
+    device: str = "auto",
 ) -> DPOConfig:
-    """TRL's DPOConfig from our TrainingConfig (sigmoid loss, stored reference, no saving)."""
+    """TRL's DPOConfig from our TrainingConfig (sigmoid loss, stored reference, no saving).
+
+    `training.batch_size` is the global batch: each of `num_processes` processes takes an equal
+    share, so one process and several see the same pairs per optimiser step. `device` is
+    `compute.device`: cpu keeps TRL off a GPU, a cuda device is accelerate's own choice.
+    """
+    on_cpu = resolve_device(device).type == "cpu"
     bf16 = training.bf16
     if bf16 is None:
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        bf16 = not on_cpu and torch.cuda.is_bf16_supported()
     return DPOConfig(
         output_dir=output_dir,
         beta=training.beta,
         learning_rate=training.learning_rate,
-        per_device_train_batch_size=training.batch_size,
+        per_device_train_batch_size=training.batch_size // training.num_processes,
         gradient_accumulation_steps=training.gradient_accumulation_steps,
         num_train_epochs=epochs,
         max_length=training.max_length,
@@ -142,7 +151,8 @@ def dpo_args(
         disable_tqdm=not on_terminal(),  # off a terminal, EtaLogCallback's lines say where training is
         save_strategy="no",
         report_to=report_to or "none",
-        dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_pin_memory=not on_cpu,
+        use_cpu=on_cpu,
     )
 
 
@@ -165,12 +175,13 @@ def fit_dpo(
     ref_model: PreTrainedModel | None = None,
     callbacks: list[TrainerCallback] | None = None,
     report_to: list[str] | str | None = None,
+    device: str = "auto",
 ) -> FitResult:
     """Train `model` in place with DPO on `pairs`; the reference is π_ref.
 
     π_ref's log-probs come from `ref_logps` (a frame from `logps.compute_logps`, keyed by
     pair_id) or are computed here from `ref_model`; with neither, `model` itself is π_ref
-    (the warm-up case) and its log-probs are taken before any step.
+    (the warm-up case) and its log-probs are taken before any step. `device` is `compute.device`.
     """
     if len(pairs) == 0:
         raise DataError("no pairs to train on; check the selection or data stage")
@@ -191,7 +202,7 @@ def fit_dpo(
     try:
         trainer = StoredReferenceDPOTrainer(
             model=model,
-            args=dpo_args(training, epochs, output_dir, report_to),
+            args=dpo_args(training, epochs, output_dir, report_to, device),
             train_dataset=train_set,
             processing_class=tokenizer,
             callbacks=callbacks,
@@ -243,6 +254,7 @@ def train_dpo(
     callbacks: list[TrainerCallback] | None = None,
     report_to: list[str] | str | None = None,
     metadata: dict | None = None,
+    device: str = "auto",
 ) -> TrainResult:
     """DPO from the checkpoint at `model_dir` on `pairs`, saved as a checkpoint at `out_dir`.
 
@@ -250,7 +262,8 @@ def train_dpo(
     for the warm-up); its log-probs are `ref_logps` when given (the stored pool frame),
     else computed here.
     The saved prefcurate.json records the parent and reference fingerprints, the stage,
-    the training config and which pairs were seen.
+    the training config and which pairs were seen. Under a multi-process launch every process
+    trains and only the main one (RANK 0) saves; the others return an empty fingerprint.
     """
     start = time.perf_counter()
     ckpt = load_checkpoint(model_dir)
@@ -270,6 +283,7 @@ def train_dpo(
         ref_model=ref_model,
         callbacks=callbacks,
         report_to=report_to,
+        device=device,
     )
     meta = {
         **(metadata or {}),
@@ -282,7 +296,8 @@ def train_dpo(
         "train_loss": fit.train_loss,
         "global_step": fit.global_step,
     }
-    digest = save_checkpoint(merged(fit.model), ckpt.tokenizer, out_dir, metadata=meta)
+    main = int(os.environ.get("RANK", "0")) == 0
+    digest = save_checkpoint(merged(fit.model), ckpt.tokenizer, out_dir, metadata=meta) if main else ""
     return TrainResult(
         uri=out_dir,
         fingerprint=digest,
