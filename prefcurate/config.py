@@ -112,8 +112,9 @@ class ComputeConfig(Section):
 
     device: str = Field(
         default="auto", pattern=DEVICE_PATTERN,
-        description="auto | cpu | cuda | cuda:N. auto: the first GPU when CUDA is available, else the CPU. Training runs "
-        "there too (one process; with num_processes > 1 accelerate gives each process its GPU).",
+        description="auto | cpu | cuda | cuda:N. auto: the first GPU when CUDA is available, else the CPU. Training runs on "
+        "the CPU or on accelerate's GPUs (pick them with CUDA_VISIBLE_DEVICES; the index N is for scoring and "
+        "generation).",
     )
     dtype: Literal["auto", "fp32", "bf16", "fp64"] = Field(
         default="auto",
