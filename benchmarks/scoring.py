@@ -35,7 +35,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from prefcurate.config import TrainingConfig
+from prefcurate import compute
+from prefcurate.config import ComputeConfig, TrainingConfig
 from prefcurate.data.pairs import pair_id, pairs_from_rows
 from prefcurate.scoring.influence import ValidationGradient, influence_scores, trainable_parameters, validation_gradient
 from prefcurate.scoring.logps import (
@@ -211,7 +212,7 @@ def memory_run(args: argparse.Namespace, n: int) -> dict[str, float]:
 def setup(args: argparse.Namespace, n_pairs: int):
     """Tokenizer, θ and the pool. π_ref is θ itself (as when the warm-up starts)."""
     tokenizer = build_tokenizer()
-    model = make_model(args.model, tokenizer, args.layers, args.seed).to(args.device, DTYPES[args.dtype])
+    model = compute.place(make_model(args.model, tokenizer, args.layers, args.seed), compute_config(args))
     model.eval()
     return tokenizer, model, make_pairs(n_pairs, args.seed, args.turns)
 
@@ -245,7 +246,17 @@ def ratio_row(name: str, value: float, goal: float, at_most: bool, cpu: float | 
     return Row(name, shown, "", f"{'<=' if at_most else '>='} {goal}", "yes" if ok else "NO")
 
 
+def compute_config(args: argparse.Namespace) -> ComputeConfig:
+    """--device/--dtype as the product's `compute` section: bf16 is fp32 weights under autocast, as the stages run it."""
+    return ComputeConfig(device=args.device, dtype=args.dtype)
+
+
 def run(args: argparse.Namespace) -> list[Row]:
+    with compute.autocast(compute_config(args)):
+        return measure(args)
+
+
+def measure(args: argparse.Namespace) -> list[Row]:
     dev, reps, bs = args.device, args.repeats, args.batch_size
     # Memory first, in child processes, so they never share the machine with this one's models.
     mem = {k: memory_run(args, k * args.pairs) for k in (1, 2, 4)} if args.memory else None
@@ -257,7 +268,8 @@ def run(args: argparse.Namespace) -> list[Row]:
     training = TrainingConfig(batch_size=min(bs, args.val_pairs), bf16=args.dtype == "bf16", max_length=None, beta=args.beta)
 
     def train_val():
-        return fit_dpo(copy.deepcopy(model), tokenizer, val_pairs, training, epochs=1.0, ref_logps=ref_val).model
+        return fit_dpo(copy.deepcopy(model), tokenizer, val_pairs, training, epochs=1.0, ref_logps=ref_val,
+                       device=args.device).model
 
     val_model, t_train = best_of(1, dev, train_val)
     gradient = validation_gradient(model, tokenizer, val_pairs, ref_val, beta=args.beta, batch_size=bs, max_length=None, desc=None)

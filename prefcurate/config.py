@@ -82,7 +82,7 @@ class TrainingConfig(Section):
         "hinge (SLiC), ipo (IPO, length-normalised as in TRL). IRM is the implicit reward margin whatever the loss.",
     )
     learning_rate: float = Field(default=2e-4, gt=0.0, description="DPO learning rate. The toy model over-optimises into junk above ~5e-4.")
-    batch_size: int = Field(default=32, ge=1, description="Pairs per optimiser step (per device).")
+    batch_size: int = Field(default=32, ge=1, description="Pairs per batch, all processes together (each of `num_processes` takes an equal share); an optimiser step takes `gradient_accumulation_steps` batches.")
     gradient_accumulation_steps: int = Field(default=1, ge=1, description="Optimiser steps accumulate this many batches.")
     warmup_epochs: float = Field(default=1.0, gt=0.0, description="Epochs of DPO from the SFT model on the whole pool (θ).")
     val_epochs: float = Field(default=1.0, gt=0.0, description="Epochs of DPO from θ on the validation set (θ_val).")
@@ -90,10 +90,55 @@ class TrainingConfig(Section):
     max_length: int | None = Field(default=512, ge=8, description="Token limit of prompt + completion; longer pairs are truncated (and counted).")
     truncation_mode: Literal["keep_start", "keep_end"] = Field(default="keep_start", description="Which end TRL keeps when truncating.")
     lora: LoraSettings | None = Field(default=None, description="Train LoRA adapters instead of all weights.")
-    bf16: bool | None = Field(default=None, description="bf16 mixed precision. Empty: on when a bf16-capable GPU is present, off on CPU.")
+    bf16: bool | None = Field(default=None, description="bf16 mixed precision of training (TRL's `bf16`). Empty: on when training runs on a bf16-capable GPU, off on CPU.")
     gradient_checkpointing: bool = Field(default=False, description="Recompute activations in the backward pass (saves memory on large models, ~20 % slower).")
     logging_steps: int = Field(default=10, ge=1, description="Optimiser steps between logged training metrics.")
     seed: int = Field(default=0, description="Training seed.")
+    num_processes: int = Field(
+        default=1, ge=1, le=1024,
+        description="Training processes (data parallel, DDP through `accelerate launch`); 1 trains in the task's own process. "
+        "`batch_size` stays the global batch: each process takes batch_size / num_processes pairs per step.",
+    )
+    accelerate_config: str | None = Field(
+        default=None,
+        description="An accelerate config file (FSDP, DeepSpeed, mixed precision, hosts) passed to `accelerate launch "
+        "--config_file` when num_processes > 1. Empty: plain DDP on this machine (gloo on CPU, nccl on GPUs).",
+    )
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> "TrainingConfig":
+        if self.batch_size % self.num_processes:
+            raise ValueError(f"batch_size={self.batch_size} must be a multiple of num_processes={self.num_processes} "
+                             "(the global batch is split evenly between the processes)")
+        return self
+
+
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
+
+
+class ComputeConfig(Section):
+    """Where and in which precision the stages that score and generate run their models (training: `training.bf16`)."""
+
+    device: str = Field(
+        default="auto", pattern=DEVICE_PATTERN,
+        description="auto | cpu | cuda | cuda:N. auto: the first GPU when CUDA is available, else the CPU. Training runs on "
+        "the CPU or on accelerate's GPUs (pick them with CUDA_VISIBLE_DEVICES; the index N is for scoring and "
+        "generation).",
+    )
+    dtype: Literal["auto", "fp32", "bf16", "fp64"] = Field(
+        default="auto",
+        description="Precision of scoring and generation: bf16 runs the fp32 weights under autocast, with log-probs, "
+        "losses, IF and the validation gradient accumulated in fp32 (GPU only); fp64 is verify's reference precision. "
+        "auto: bf16 on a bf16-capable GPU, fp32 on CPU.",
+    )
+
+    def cache_value(self, name: str) -> str:
+        """What of field `name` changes a result, for cache keys and params: the device type (cpu/cuda: `auto` on a GPU
+        machine is not `auto` on a CPU one; the GPU index changes nothing) and the dtype `auto` resolves to."""
+        from prefcurate.compute import resolve
+
+        device, dtype = resolve(self)
+        return {"device": device.type, "dtype": dtype}[name]
 
 
 class ScoringConfig(Section):
@@ -280,6 +325,7 @@ class _Pipeline(Section):
     selection: SelectionConfig = Field(default_factory=SelectionConfig, description="Which rule keeps which pairs.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Where MLflow records the run.")
     scaleout: ScaleOutConfig = Field(default_factory=ScaleOutConfig, description="Where scoring shards run, and torch's CPU threads.")
+    compute: ComputeConfig = Field(default_factory=ComputeConfig, description="Device and precision of scoring, generation and training.")
     store_uri: str | None = Field(
         default=None,
         description="Score store and scoring bundles (local or s3://), shared by every run of a team: `curate` saves its "
@@ -432,6 +478,7 @@ class EvaluateConfig(Section):
     )
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="Generation and judge settings.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Where MLflow records the run.")
+    compute: ComputeConfig = Field(default_factory=ComputeConfig, description="Device and precision of generation.")
 
     @model_validator(mode="before")
     @classmethod

@@ -30,6 +30,10 @@ class DataError(PrefcurateError):
     """A preference data set cannot be read or has no usable rows."""
 
 
+class TrainingError(PrefcurateError):
+    """A training run failed outside prefcurate's own checks (the multi-process launcher exited non-zero)."""
+
+
 class ScoringError(PrefcurateError):
     """Scores cannot be computed (non-finite losses, bad batches)."""
 

@@ -100,12 +100,18 @@ class StageSpec(Generic[Out]):
 
 
 def read_config(config: Any, reads: tuple[str, ...]) -> dict[str, Any]:
-    """Dotted field → JSON value of every field in `reads`."""
+    """Dotted field → JSON value of every field in `reads`.
+
+    A section with a `cache_value(name)` method says itself what of its field enters the key
+    (`compute.device`: the device type `auto` resolves to on this machine).
+    """
     out: dict[str, Any] = {}
     for dotted in reads:
         value = config
         for part in dotted.split("."):
-            value = getattr(value, part)
+            parent, value = value, getattr(value, part)
+        if hasattr(parent, "cache_value"):
+            value = parent.cache_value(part)
         out[dotted] = value.model_dump(mode="json") if isinstance(value, BaseModel) else _json(value)
     return out
 

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import pandas as pd
 from pydantic import Field
 
-from prefcurate import io
+from prefcurate import compute, io
 from prefcurate.checkpoint import inspect_checkpoint, load_checkpoint
 from prefcurate.config import ModelSource
 from prefcurate.data.pairs import read_eval_prompts
@@ -59,7 +59,9 @@ def _generate(ctx: StageContext, name: str, model: ModelOut | ModelSource | str,
     source = _model(model)
     ckpt = load_checkpoint(source)
     progress = ctx.hooks.progress(f"generate-{name}", f"Answers of {name}")
-    rows = generate(ckpt.model, ckpt.tokenizer, instructions, ctx.config.evaluation.generation, name, progress=progress)
+    model = compute.place(ckpt.model, ctx.config.compute)
+    with compute.autocast(ctx.config.compute):
+        rows = generate(model, ckpt.tokenizer, instructions, ctx.config.evaluation.generation, name, progress=progress)
     uri = write_model_outputs(rows, io.join(eval_dir(ctx, replicate), name, "model_outputs.json"))
     lengths = [len(r["output"]) for r in rows]
     avg = sum(lengths) / max(1, len(lengths))
@@ -79,7 +81,7 @@ def _identify_model(config: Any, inputs: Mapping[str, Any]) -> str | None:
     return info.fingerprint if info.base_fingerprint is None else f"{info.fingerprint}+{info.base_fingerprint}"
 
 
-GENERATE = StageSpec("generate", GenerateOut, _generate, reads=("evaluation.generation",), identify=_identify_model)
+GENERATE = StageSpec("generate", GenerateOut, _generate, reads=("evaluation.generation", *compute.READS), identify=_identify_model)
 
 
 class JudgeOut(StageOutput):

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 from pydantic import BaseModel, Field
 
-from prefcurate import io
+from prefcurate import compute, io
 from prefcurate.checkpoint import load_checkpoint
 from prefcurate.data.pairs import read_pairs, write_pairs
 from prefcurate.data.stage import IngestOut
@@ -100,16 +100,20 @@ def _score_new_shard(ctx: StageContext, rows: tuple[int, int], ingest: IngestOut
     sft = load_checkpoint(ingest.sft)
     pairs = tokenize_pairs(read_pairs(new.pairs.uri).select(range(*rows)), sft.tokenizer)  # once: one tokenizer
     shape = dict(batch_size=scoring.batch_size, max_length=training.max_length, truncation_mode=training.truncation_mode)
-    ref_logps = compute_logps(sft.model, sft.tokenizer, pairs, desc="π_ref log-probs (new pairs)", **shape)
+    with compute.autocast(config.compute):
+        ref_logps = compute_logps(compute.place(sft.model, config.compute), sft.tokenizer, pairs,
+                                  desc="π_ref log-probs (new pairs)", **shape)
     del sft
-    models = load_scoring_models(bundle.warmup.model.uri, bundle.val.model.uri)
+    models = load_scoring_models(bundle.warmup.model.uri, bundle.val.model.uri, config.compute)
     gradient = None
     if scoring.compute_if:
         if bundle.gradient is None:
             raise ScoringError(f"bundle {bundle.id} has no validation gradient but scoring.compute_if is on; "
                                "refresh the bundle or set scoring.compute_if=false")
         gradient = load_gradient(bundle.gradient.gradient.uri, models.policy_fingerprint)
-    frame = score_shard(pairs, models=models, ref_logps=ref_logps, gradient=gradient, training=training, scoring=scoring)
+    with compute.autocast(config.compute):
+        frame = score_shard(pairs, models=models, ref_logps=ref_logps, gradient=gradient, training=training,
+                            scoring=scoring)
     name = f"{ctx.run.rstrip('/').rsplit('/', 1)[-1]}-{new.pairs.sha256[:12]}-{ctx.stage.rsplit('-', 1)[-1]}"
     part = store_for(config, bundle).append(name, frame)
     return NewShardOut(part=FileRef.of(part.uri), pairs=len(frame))

@@ -23,7 +23,8 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from prefcurate.checkpoint import load_checkpoint
-from prefcurate.config import ScoringConfig, TrainingConfig
+from prefcurate.compute import place
+from prefcurate.config import ComputeConfig, ScoringConfig, TrainingConfig
 from prefcurate.errors import ScoringError
 from prefcurate.scoring.influence import ValidationGradient, influence_scores
 from prefcurate.scoring.logps import compute_logps, dpo_loss, reference_index, reference_tensors, tokenize_pairs
@@ -50,11 +51,15 @@ class ScoringModels:
     val_fingerprint: str | None = None
 
 
-def load_scoring_models(warmup_dir: str, val_dir: str) -> ScoringModels:
-    """Load θ and θ_val from their checkpoints; θ's trainable parameters are the set IF is taken over."""
+def load_scoring_models(warmup_dir: str, val_dir: str, compute: ComputeConfig | None = None) -> ScoringModels:
+    """Load θ and θ_val from their checkpoints, placed per `compute` (default: where they load, CPU, fp32);
+    θ's trainable parameters are the set IF is taken over."""
     warmup = load_checkpoint(warmup_dir)
     val = load_checkpoint(val_dir)
-    return ScoringModels(warmup.tokenizer, warmup.model, val.model, warmup.fingerprint, val.fingerprint)
+    policy, val_model = warmup.model, val.model
+    if compute is not None:
+        policy, val_model = place(policy, compute), place(val_model, compute)
+    return ScoringModels(warmup.tokenizer, policy, val_model, warmup.fingerprint, val.fingerprint)
 
 
 def shard_ranges(n_pairs: int, shard_size: int) -> list[tuple[int, int]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from prefcurate import io
+from prefcurate import compute, io
 from prefcurate.checkpoint import load_checkpoint
 from prefcurate.data.pairs import read_pairs
 from prefcurate.data.stage import IngestOut
@@ -39,12 +39,14 @@ class GradientOut(StageOutput):
 def _gradient(ctx: StageContext, ingest: IngestOut, ref: ReferenceOut, warmup: ModelOut) -> GradientOut:
     training, scoring = ctx.config.training, ctx.config.scoring
     ckpt = load_checkpoint(warmup.model.uri)
-    gradient = validation_gradient(
-        ckpt.model, ckpt.tokenizer, read_pairs(ingest.validation.uri), io.read_parquet(ref.ref_logps.uri),
-        beta=training.beta, loss_type=training.loss_type, batch_size=scoring.batch_size, max_length=training.max_length,
-        truncation_mode=training.truncation_mode, max_tokens_per_batch=scoring.max_tokens_per_batch,
-        model_fingerprint=ckpt.fingerprint,
-    )  # fmt: skip
+    model = compute.place(ckpt.model, ctx.config.compute)
+    with compute.autocast(ctx.config.compute):
+        gradient = validation_gradient(
+            model, ckpt.tokenizer, read_pairs(ingest.validation.uri), io.read_parquet(ref.ref_logps.uri),
+            beta=training.beta, loss_type=training.loss_type, batch_size=scoring.batch_size, max_length=training.max_length,
+            truncation_mode=training.truncation_mode, max_tokens_per_batch=scoring.max_tokens_per_batch,
+            model_fingerprint=ckpt.fingerprint,
+        )  # fmt: skip
     uri = save_gradient(gradient, ctx.path("gradients", "val_grad.safetensors"))
     out = GradientOut(gradient=FileRef.of(uri), n_validation=int(gradient.metadata["n_pairs"]),
                       n_parameters=sum(t.numel() for t in gradient.tensors.values()), norm=gradient.norm(),
@@ -53,7 +55,7 @@ def _gradient(ctx: StageContext, ingest: IngestOut, ref: ReferenceOut, warmup: M
     return out
 
 
-GRADIENT = StageSpec("val-gradient", GradientOut, _gradient, reads=LOSS_FIELDS)
+GRADIENT = StageSpec("val-gradient", GradientOut, _gradient, reads=(*LOSS_FIELDS, *compute.READS))
 
 
 class ShardOut(StageOutput):
@@ -70,10 +72,11 @@ def _shard(ctx: StageContext, rows: tuple[int, int], ingest: IngestOut, ref: Ref
            val: ModelOut, gradient: GradientOut | None) -> ShardOut:
     training, scoring = ctx.config.training, ctx.config.scoring
     pairs = read_pairs(ingest.train.uri).select(range(*rows))
-    models = load_scoring_models(warmup.model.uri, val.model.uri)
+    models = load_scoring_models(warmup.model.uri, val.model.uri, ctx.config.compute)
     grad = load_gradient(gradient.gradient.uri, models.policy_fingerprint) if gradient is not None else None
-    frame = score_shard(pairs, models=models, ref_logps=io.read_parquet(ref.ref_logps.uri), gradient=grad,
-                        training=training, scoring=scoring)
+    with compute.autocast(ctx.config.compute):
+        frame = score_shard(pairs, models=models, ref_logps=io.read_parquet(ref.ref_logps.uri), gradient=grad,
+                            training=training, scoring=scoring)
     index = int(ctx.stage.rsplit("-", 1)[-1])
     uri = io.write_parquet(ctx.path("scores", "shards", f"shard-{index:05d}.parquet"), frame)
     return ShardOut(scores=FileRef.of(uri), pairs=len(frame), truncated=int(frame["truncated"].sum()))
@@ -81,7 +84,7 @@ def _shard(ctx: StageContext, rows: tuple[int, int], ingest: IngestOut, ref: Ref
 
 SHARD = StageSpec("score-shard", ShardOut, _shard, tracked=False,
                   reads=(*LOSS_FIELDS, "scoring.batch_size", "scoring.max_tokens_per_batch", "scoring.cosine",
-                         "scoring.compute_if"))
+                         "scoring.compute_if", *compute.READS))
 
 
 class ScoreOut(StageOutput):

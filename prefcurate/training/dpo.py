@@ -16,6 +16,7 @@ same adapter (A and B) further, so every model of a run is the base plus one ada
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -31,6 +32,7 @@ from trl import __version__ as trl_version
 
 from prefcurate import io
 from prefcurate.checkpoint import inspect_checkpoint, load_checkpoint, save_checkpoint
+from prefcurate.compute import resolve_device
 from prefcurate.config import ModelSource, TrainingConfig
 from prefcurate.errors import ConfigError, DataError
 from prefcurate.progress import on_terminal
@@ -122,18 +124,25 @@ def lora_config(training: TrainingConfig):
 def dpo_args(
     training: TrainingConfig, epochs: float, output_dir: str, report_to: list[str] | str | None = None,
     max_steps: int | None = None,
+    device: str = "auto",
 ) -> DPOConfig:
     """TRL's DPOConfig from our TrainingConfig (its loss type, stored reference, no saving);
-    `max_steps` (optimiser steps, cycling the data as needed) overrides `epochs`."""
+    `max_steps` (optimiser steps, cycling the data as needed) overrides `epochs`.
+
+    `training.batch_size` is the global batch: each of `num_processes` processes takes an equal
+    share, so one process and several see the same pairs per optimiser step. `device` is
+    `compute.device`: cpu keeps TRL off a GPU, a cuda device is accelerate's own choice.
+    """
+    on_cpu = resolve_device(device).type == "cpu"
     bf16 = training.bf16
     if bf16 is None:
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        bf16 = not on_cpu and torch.cuda.is_bf16_supported()
     return DPOConfig(
         output_dir=output_dir,
         beta=training.beta,
         loss_type=[training.loss_type],
         learning_rate=training.learning_rate,
-        per_device_train_batch_size=training.batch_size,
+        per_device_train_batch_size=training.batch_size // training.num_processes,
         gradient_accumulation_steps=training.gradient_accumulation_steps,
         num_train_epochs=epochs,
         max_steps=max_steps or -1,
@@ -148,7 +157,8 @@ def dpo_args(
         disable_tqdm=not on_terminal(),  # off a terminal, EtaLogCallback's lines say where training is
         save_strategy="no",
         report_to=report_to or "none",
-        dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_pin_memory=not on_cpu,
+        use_cpu=on_cpu,
     )
 
 
@@ -172,6 +182,7 @@ def fit_dpo(
     callbacks: list[TrainerCallback] | None = None,
     report_to: list[str] | str | None = None,
     max_steps: int | None = None,
+    device: str = "auto",
 ) -> FitResult:
     """Train `model` in place with DPO on `pairs`; the reference is π_ref. `max_steps`, when
     given, is the number of optimiser steps instead of `epochs` (equal-step comparisons).
@@ -180,7 +191,7 @@ def fit_dpo(
     adapter checkpoint) trains its own adapter further.
     π_ref's log-probs come from `ref_logps` (a frame from `logps.compute_logps`, keyed by
     pair_id) or are computed here from `ref_model`; with neither, `model` itself is π_ref
-    (the warm-up case) and its log-probs are taken before any step.
+    (the warm-up case) and its log-probs are taken before any step. `device` is `compute.device`.
     """
     if len(pairs) == 0:
         raise DataError("no pairs to train on; check the selection or data stage")
@@ -204,7 +215,7 @@ def fit_dpo(
     try:
         trainer = StoredReferenceDPOTrainer(
             model=model,
-            args=dpo_args(training, epochs, output_dir, report_to, max_steps),
+            args=dpo_args(training, epochs, output_dir, report_to, max_steps, device),
             train_dataset=train_set,
             processing_class=tokenizer,
             callbacks=callbacks,
@@ -258,6 +269,7 @@ def train_dpo(
     callbacks: list[TrainerCallback] | None = None,
     report_to: list[str] | str | None = None,
     metadata: dict | None = None,
+    device: str = "auto",
 ) -> TrainResult:
     """DPO from the checkpoint at `model_dir` on `pairs`, saved as a checkpoint at `out_dir`.
 
@@ -265,7 +277,9 @@ def train_dpo(
     for the warm-up); its log-probs are `ref_logps` when given (the stored pool frame),
     else computed here.
     The saved prefcurate.json records the parent and reference fingerprints, the stage,
-    the training config and which pairs were seen; a LoRA run saves the adapter with its base.
+    the training config and which pairs were seen; a LoRA run saves the adapter with its base. Under a
+    multi-process launch every process trains and only the main one (RANK 0) saves; the others return an
+    empty fingerprint.
     """
     start = time.perf_counter()
     ckpt = load_checkpoint(model_dir)
@@ -285,6 +299,7 @@ def train_dpo(
         ref_model=ref_model,
         callbacks=callbacks,
         report_to=report_to,
+        device=device,
     )
     meta = {
         **(metadata or {}),
@@ -301,7 +316,8 @@ def train_dpo(
     if is_peft(fit.model):  # the warm-up's base is the model it started from; later stages inherit it
         base = ckpt.base or (model_dir if isinstance(model_dir, ModelSource) else ModelSource(uri=str(model_dir)))
         base_fp = ckpt.base_fingerprint or ckpt.fingerprint
-    digest = save_checkpoint(fit.model, ckpt.tokenizer, out_dir, metadata=meta, base=base, base_fingerprint=base_fp)
+    main = int(os.environ.get("RANK", "0")) == 0
+    digest = save_checkpoint(fit.model, ckpt.tokenizer, out_dir, metadata=meta, base=base, base_fingerprint=base_fp) if main else ""
     return TrainResult(
         uri=out_dir,
         fingerprint=digest,

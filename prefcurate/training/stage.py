@@ -2,7 +2,9 @@
 
 Each wraps `train_dpo` with π_ref's stored log-probs (the reference stage), so no stage
 recomputes them, and logs TRL's loss curves into the stage's MLflow run. A kill
-mid-training leaves no manifest, so the stage simply trains again on resume.
+mid-training leaves no manifest, so the stage simply trains again on resume. With
+`training.num_processes > 1` the training runs under `accelerate launch` (`training.launch`)
+and this process writes the manifest once the launcher has exited 0.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from prefcurate.scoring.reference import ReferenceOut
 from prefcurate.selection.selection import read_selection
 from prefcurate.stage import StageContext, StageSpec
 from prefcurate.tracking import MlflowMetricsCallback
-from prefcurate.training.dpo import train_dpo
+from prefcurate.training.launch import train
 from prefcurate.training.progress import EtaLogCallback, ProgressCallback
 
 EPOCH_FIELDS = ("warmup_epochs", "val_epochs", "final_epochs")
@@ -39,9 +41,18 @@ class ModelOut(StageOutput):
     seconds: float
 
 
+# Fields that say how training is spread, not what it computes: the global batch, the seed and the data
+# order are the same for any process count (tests/prefcurate/training/test_launch.py), so a model trained
+# in one process is reused by a rerun with four.
+LAYOUT_FIELDS = ("num_processes", "accelerate_config")
+
+
 def training_reads(epochs: str) -> tuple[str, ...]:
-    """Every training field except the other stages' epochs."""
-    return tuple(f"training.{f}" for f in TrainingConfig.model_fields if f not in EPOCH_FIELDS or f == epochs)
+    """Every training field except the other stages' epochs and the process layout, and the device type
+    (cpu/cuda: the same recipe does not give the same weights on both)."""
+    fields = [f for f in TrainingConfig.model_fields
+              if (f not in EPOCH_FIELDS or f == epochs) and f not in LAYOUT_FIELDS]
+    return (*(f"training.{f}" for f in fields), "compute.device")
 
 
 def _train(ctx: StageContext, *, start: str | ModelSource, pairs: Any, ref: ReferenceOut, reference: ModelSource | None,
@@ -51,9 +62,10 @@ def _train(ctx: StageContext, *, start: str | ModelSource, pairs: Any, ref: Refe
                             EtaLogCallback(f"DPO {ctx.stage}")]
     if ctx.tracking is not None:
         callbacks.append(MlflowMetricsCallback(ctx.tracking))
-    result = train_dpo(
+    result = train(
         start, pairs, out, training, epochs=epochs, ref_logps=io.read_parquet(ref.ref_logps.uri),
         reference_dir=reference, stage=ctx.stage, callbacks=callbacks, metadata={"selection_rule": rule},
+        device=ctx.config.compute.device, tracking=ctx.tracking,
     )  # fmt: skip
     ctx.metrics({"train_loss": result.train_loss, "seconds": result.seconds, "rows.pairs": result.n_pairs,
                  "rows.trained": result.n_trained, "rows.steps": result.global_step})
