@@ -250,13 +250,15 @@ def _flow_console() -> None:
     quiet_expected_errors()
 
 
-def _load(model: type, config: str | None, sets: list[str] | None):
+def _load(model: type, config: str | None, sets: list[str] | None, hint: dict[str, str] | None = None):
+    """The config, or one line; `hint` adds what to do when a named field is the problem."""
     from prefcurate.config import load_config
 
     try:
         return load_config(model, config, sets)
     except PrefcurateError as exc:
-        fail(str(exc))
+        extra = next((f"; {h}" for field, h in (hint or {}).items() if f"field '{field}'" in str(exc)), "")
+        fail(f"{exc}{extra}")
 
 
 def _preflight(config) -> None:
@@ -464,7 +466,7 @@ def compare_models(
         overrides.append(f"compare.model.uri={other_model}")
     if other_run:
         overrides.append(f"compare.run_name={other_run}")
-    cfg = _load(CompareModelsConfig, config, overrides)
+    cfg = _load(CompareModelsConfig, config, overrides, hint={"compare": "pass --other-model DIR (the second SFT model)"})
     for pipeline in cfg.pipelines():
         _preflight(pipeline)
     _flow_console()

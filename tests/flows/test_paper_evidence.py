@@ -114,7 +114,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path, toy_world):
     config.write_text(yaml.safe_dump(toy_config(toy_world, str(tmp_path / "runs"), f"sqlite:///{tmp_path / 'm.db'}")))
     for args, message in (
         (["if-groups", "--config", str(config), "--set", "if_groups.cuts=[60,40]"], "0 < lo < hi < 100"),
-        (["compare-models", "--config", str(config)], "'compare': Field required"),
+        (["compare-models", "--config", str(config)], "'compare': Field required; pass --other-model"),
         (["toyworld", "sft", "--world", str(tmp_path), "--out", str(tmp_path / "m"), "--seed", "1"], "holds no toy world"),
         (["toyworld", "sft", "--world", toy_world.root, "--out", str(tmp_path / "m"), "--seed", "0"], "rebuilds the world's model"),
     ):
