@@ -100,7 +100,7 @@ def test_fp64_is_the_float64_path_of_verify(world):
     refs = [(ref.loc[list(p["pair_id"])]["chosen_logps"].to_numpy(), ref.loc[list(p["pair_id"])]["rejected_logps"].to_numpy())
             for p in (pool, val)]
     val_grad, influence = _influence(model, _pairs(pool, tok), _pairs(val, tok), refs[0], refs[1], list(range(len(pool))),
-                                     make_collator(tok, 512, "keep_start"), BETA, False, torch.device("cpu"))
+                                     make_collator(tok, 512, "keep_start"), BETA, "sigmoid", False, torch.device("cpu"))
     # measured 1.4e-7 (∇L_val) and 9e-8 (IF) of the largest value: Llama's rotary tables are fp32 in both paths
     # (verify's own float64 figure is 1.2e-6)
     scale = max(float(v.abs().max()) for v in val_grad.values())
