@@ -192,7 +192,7 @@ def toyworld_build(
 ) -> None:
     """Build the toy world: an SFT checkpoint trained with TRL on noisy demonstrations, an
     UltraFeedback-style pool (parquet + jsonl) with planted label flips, near-duplicates and
-    over-scored pairs (labelled only in defects.parquet), a clean validation pool and
+    extreme-contrast (perfect-vs-junk) pairs (labelled only in defects.parquet), a clean validation pool and
     held-out eval prompts. A second build with the same seed and size reuses the first."""
     import time
     import warnings

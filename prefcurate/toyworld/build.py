@@ -26,7 +26,7 @@ from prefcurate.toyworld.task import quality
 from prefcurate.toyworld.tokenizer import build_tokenizer
 
 # Bump when the generators change what a spec produces, so stale cached worlds are rebuilt.
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 Size = Literal["small", "default"]
 
 FILES = {

@@ -43,13 +43,13 @@ class PoolSpec(BaseModel):
     n_eval_prompts: int = Field(default=100, ge=1, description="Held-out evaluation instructions.")
     flip_rate: float = Field(default=0.30, ge=0.0, le=1.0, description="Share of pairs with chosen and rejected swapped.")
     near_duplicate_rate: float = Field(default=0.05, ge=0.0, le=1.0, description="Share of pairs that copy another pair but for one token.")
-    over_scored_rate: float = Field(default=0.08, ge=0.0, le=1.0, description="Share of perfect-vs-junk pairs rated 10 vs 1.")
+    extreme_contrast_rate: float = Field(default=0.08, ge=0.0, le=1.0, description="Share of perfect-vs-junk pairs rated 10 vs 1: an extreme contrast the SFT model already fits, so its IF is low.")
     writer_skill: tuple[float, float] = Field(default=(0.1, 0.9), description="Range of the skill of the writers of pool answers.")
 
     @model_validator(mode="after")
     def _consistent(self) -> "PoolSpec":
-        if self.n_near_duplicates + self.n_over_scored >= self.n_pairs:
-            raise ValueError("near_duplicate_rate + over_scored_rate must leave some ordinary pairs")
+        if self.n_near_duplicates + self.n_extreme_contrast >= self.n_pairs:
+            raise ValueError("near_duplicate_rate + extreme_contrast_rate must leave some ordinary pairs")
         if self.n_flips > self.n_ordinary - self.n_near_duplicates:
             raise ValueError("flip_rate is too high: flips and near-duplicate sources must be distinct ordinary pairs")
         lo, hi = self.writer_skill
@@ -68,13 +68,13 @@ class PoolSpec(BaseModel):
         return round(self.near_duplicate_rate * self.n_pairs)
 
     @property
-    def n_over_scored(self) -> int:
-        return round(self.over_scored_rate * self.n_pairs)
+    def n_extreme_contrast(self) -> int:
+        return round(self.extreme_contrast_rate * self.n_pairs)
 
     @property
     def n_ordinary(self) -> int:
         """Pairs of two imperfect answers (flipped ones included)."""
-        return self.n_pairs - self.n_near_duplicates - self.n_over_scored
+        return self.n_pairs - self.n_near_duplicates - self.n_extreme_contrast
 
 
 @dataclass(frozen=True)
@@ -183,9 +183,9 @@ def build_pool(split: InstructionSplit, spec: PoolSpec, seed: int) -> tuple[pd.D
     for i in picked[: spec.n_flips]:
         inst, chosen, rejected, _ = pairs[i]
         pairs[i] = (inst, rejected, chosen, "label_flip")  # scores follow: the file stays self-consistent
-    for _ in range(spec.n_over_scored):
+    for _ in range(spec.n_extreme_contrast):
         inst = rng.choice(split.train)
-        pairs.append((*_unique(lambda: (inst, inst.perfect_answer, junk_answer(rng)), seen), "over_scored"))
+        pairs.append((*_unique(lambda: (inst, inst.perfect_answer, junk_answer(rng)), seen), "extreme_contrast"))
 
     rng.shuffle(pairs)
     pool = pd.DataFrame([_row(inst, chosen, rejected) for inst, chosen, rejected, _ in pairs], columns=POOL_COLUMNS)

@@ -85,7 +85,7 @@ def test_planted_defects_match_spec_and_are_what_they_claim(toy_world, pool, def
     counts = defects["defect"].value_counts().to_dict()
     assert counts == {"label_flip": round(spec.flip_rate * spec.n_pairs),
                       "near_duplicate": round(spec.near_duplicate_rate * spec.n_pairs),
-                      "over_scored": round(spec.over_scored_rate * spec.n_pairs)}
+                      "extreme_contrast": round(spec.extreme_contrast_rate * spec.n_pairs)}
     assert defects["pair_index"].is_unique
     label = defects.set_index("pair_index")["defect"].reindex(range(len(pool))).fillna("clean")
     q_chosen = [quality(p, _answer(c)) for p, c in zip(pool["prompt"], pool["chosen"])]
@@ -95,7 +95,7 @@ def test_planted_defects_match_spec_and_are_what_they_claim(toy_world, pool, def
             assert q_chosen[i] < q_rejected[i], f"row {i} is labelled flipped but the oracle prefers chosen"
         else:
             assert q_chosen[i] > q_rejected[i], f"row {i} ({kind}) is out of order under the oracle"
-        if kind == "over_scored":
+        if kind == "extreme_contrast":
             assert q_chosen[i] == 1.0 and q_rejected[i] == 0.0
             assert (pool.at[i, "score_chosen"], pool.at[i, "score_rejected"]) == (10.0, 1.0)
         if kind == "near_duplicate":
@@ -140,14 +140,14 @@ def test_eval_instructions_are_disjoint_from_training_and_validation(toy_world, 
 
 def test_rates_are_exact_counts_for_any_spec():
     spec = PoolSpec(n_pairs=200, n_validation=10, n_validation_instructions=10, n_eval_prompts=10,
-                    flip_rate=0.1, near_duplicate_rate=0.15, over_scored_rate=0.05)
+                    flip_rate=0.1, near_duplicate_rate=0.15, extreme_contrast_rate=0.05)
     counts = build_preference_data(spec, seed=5).defects["defect"].value_counts().to_dict()
-    assert counts == {"label_flip": 20, "near_duplicate": 30, "over_scored": 10}
+    assert counts == {"label_flip": 20, "near_duplicate": 30, "extreme_contrast": 10}
 
 
 def test_pool_spec_refuses_rates_that_leave_no_ordinary_pairs():
     with pytest.raises(ValueError, match="ordinary"):
-        PoolSpec(n_pairs=100, near_duplicate_rate=0.6, over_scored_rate=0.5)
+        PoolSpec(n_pairs=100, near_duplicate_rate=0.6, extreme_contrast_rate=0.5)
     with pytest.raises(ValueError, match="flip_rate"):
         PoolSpec(n_pairs=100, flip_rate=0.95)
 
