@@ -17,7 +17,7 @@ from prefcurate.data.pairs import load_pairs
 from prefcurate.errors import ConfigError
 from prefcurate.toyworld.build import build_world, world_spec
 from prefcurate.toyworld.model import build_model
-from prefcurate.toyworld.pool import POOL_COLUMNS, PoolSpec, build_preference_data, rating
+from prefcurate.toyworld.pool import POOL_COLUMNS, PoolSpec, build_preference_data, proxy_word, rating
 from prefcurate.toyworld.sft import mean_quality
 from prefcurate.toyworld.task import Instruction, junk_answer, parse_instruction, quality
 from prefcurate.toyworld.tokenizer import build_tokenizer
@@ -143,6 +143,38 @@ def test_rates_are_exact_counts_for_any_spec():
                     flip_rate=0.1, near_duplicate_rate=0.15, extreme_contrast_rate=0.05)
     counts = build_preference_data(spec, seed=5).defects["defect"].value_counts().to_dict()
     assert counts == {"label_flip": 20, "near_duplicate": 30, "extreme_contrast": 10}
+
+
+def test_proxy_overfit_pairs_teach_the_validation_proxy_and_nothing_of_the_task():
+    spec = world_spec("small", 0, proxy_overfit_rate=0.08).pool
+    data = build_preference_data(spec, seed=0)
+    proxy = proxy_word(data.split)
+    planted = data.defects[data.defects["defect"] == "proxy_overfit"]
+    assert len(planted) == round(0.08 * spec.n_pairs) == 19
+    assert len(data.pool) == spec.n_pairs and data.defects["pair_index"].is_unique
+    for i in planted["pair_index"]:
+        inst = parse_instruction(data.pool.at[i, "prompt"])
+        chosen, rejected = _answer(data.pool.at[i, "chosen"]), _answer(data.pool.at[i, "rejected"])
+        assert inst.word != proxy and chosen == " ".join([proxy] * inst.n + ["done"])
+        assert {inst.word, proxy}.isdisjoint(rejected.split()[:-1]) and len(rejected.split()) == inst.n + 1
+        # The oracle is indifferent: neither answer holds the instruction's word.
+        assert quality(inst, chosen) == quality(inst, rejected) == 0.0
+    # The validation set is the narrow proxy: half its pairs ask for the proxy word, and it stays clean.
+    val = data.validation
+    assert sum(parse_instruction(p).word == proxy for p in val["prompt"]) == round(spec.proxy_validation_share * len(val))
+    assert all(quality(p, _answer(c)) > quality(p, _answer(r)) for p, c, r in zip(val["prompt"], val["chosen"], val["rejected"]))
+    assert set(val["prompt"]) <= {inst.text for inst in data.split.validation}
+
+
+def test_proxy_overfit_off_leaves_the_world_as_it_was():
+    spec = world_spec("small", 0).pool
+    assert spec.proxy_overfit_rate == 0.0
+    with_field = PoolSpec(**{**spec.model_dump(), "proxy_validation_share": 0.9})  # unused while the kind is off
+    a, b = build_preference_data(spec, 0), build_preference_data(with_field, 0)
+    assert a.pool.equals(b.pool) and a.validation.equals(b.validation) and a.defects.equals(b.defects)
+    assert "proxy_overfit" not in set(a.defects["defect"])
+    with pytest.raises(ConfigError, match="proxy_overfit_rate 0.9: .*ordinary pairs"):
+        world_spec("small", 0, proxy_overfit_rate=0.9)
 
 
 def test_pool_spec_refuses_rates_that_leave_no_ordinary_pairs():
