@@ -139,9 +139,9 @@ def _proxy_overfit_pair(inst: Instruction, proxy: str, rng: random.Random) -> tu
     rather than another": the validation loss, half of it on prompts that ask for the proxy
     word, rewards exactly that, so the pair's gradient was meant to lean along ∇L_val and
     its IF to be high for the proxy, not the task (the paper's over-scoring). That is a
-    hypothesis, not a property: the small world at 8 % measured IF *below* clean pairs
-    (AUROC 0.31), perhaps because writing a word the prompt did not ask for also fights the
-    copying the rest of the validation set rewards.
+    hypothesis, not a property: at 8 % the small and default worlds measured their IF *below*
+    clean pairs (AUROC 0.31 and 0.27), perhaps because writing a word the prompt did not ask
+    for also fights the copying the rest of the validation set rewards.
     """
     other = rng.choice([w for w in WORDS if w not in (inst.word, proxy)])
     return " ".join([proxy] * inst.n + [DONE]), " ".join([other] * inst.n + [DONE])
@@ -263,7 +263,8 @@ def build_validation(split: InstructionSplit, spec: PoolSpec, seed: int) -> pd.D
     """A clean pool on the validation instructions: every pair ordered by the oracle.
 
     With the proxy-overfit kind planted, `proxy_validation_share` of the pairs are on the
-    proxy word's instructions: still clean, but a narrow proxy of the task.
+    proxy word's instructions: still clean, but a narrow proxy of the task. Its pairs are
+    redrawn until new, as in the pool (few proxy instructions make repeats likely).
     """
     n = spec.n_validation
     if spec.n_proxy_overfit:
@@ -275,7 +276,17 @@ def build_validation(split: InstructionSplit, spec: PoolSpec, seed: int) -> pd.D
     else:
         instructions = _cycle(split.validation, n)
     rng = random.Random(seed)
-    rows = [_row(inst, *_ordinary_pair(inst, rng, spec.writer_skill)) for inst in instructions]
+    # Only the proxy validation set is redrawn until new: the presets' validation sets stay as
+    # they were (the default one holds one repeated pair, which ingest drops).
+    seen: set[tuple[Instruction, str, str]] | None = set() if spec.n_proxy_overfit else None
+
+    def draw(inst: Instruction) -> tuple[Instruction, str, str]:
+        def pair() -> tuple[Instruction, str, str]:
+            return (inst, *_ordinary_pair(inst, rng, spec.writer_skill))
+
+        return pair() if seen is None else _unique(pair, seen)
+
+    rows = [_row(*draw(inst)) for inst in instructions]
     return pd.DataFrame(rows, columns=POOL_COLUMNS)
 
 

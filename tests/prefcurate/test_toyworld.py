@@ -164,6 +164,8 @@ def test_proxy_overfit_pairs_teach_the_validation_proxy_and_nothing_of_the_task(
     assert sum(parse_instruction(p).word == proxy for p in val["prompt"]) == round(spec.proxy_validation_share * len(val))
     assert all(quality(p, _answer(c)) > quality(p, _answer(r)) for p, c, r in zip(val["prompt"], val["chosen"], val["rejected"]))
     assert set(val["prompt"]) <= {inst.text for inst in data.split.validation}
+    pairs = [(p, _answer(c), _answer(r)) for p, c, r in zip(val["prompt"], val["chosen"], val["rejected"])]
+    assert len(set(pairs)) == len(pairs)  # few proxy instructions, yet no repeated pair for ingest to drop
 
 
 def test_proxy_overfit_off_leaves_the_world_as_it_was():
