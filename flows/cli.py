@@ -189,11 +189,16 @@ def toyworld_build(
         help="default: 2-layer model, 3,000 SFT rows, 1,000 pairs (about a minute on 2 cores); "
         "small: 1-layer model, 240 pairs, for tests and quick demos.",
     ),
+    proxy_overfit_rate: float = typer.Option(
+        0.0, "--proxy-overfit-rate",
+        help="Share of pool pairs that teach only a narrow validation proxy (the word the validation set "
+        "over-represents), not the task: labelled proxy_overfit. 0 (default) leaves the world as it was.",
+    ),
 ) -> None:
     """Build the toy world: an SFT checkpoint trained with TRL on noisy demonstrations, an
     UltraFeedback-style pool (parquet + jsonl) with planted label flips, near-duplicates and
-    over-scored pairs (labelled only in defects.parquet), a clean validation pool and
-    held-out eval prompts. A second build with the same seed and size reuses the first."""
+    extreme-contrast (perfect-vs-junk) pairs, optionally proxy-overfit pairs (labelled only in
+    defects.parquet), a clean validation pool and held-out eval prompts. A second build with the same seed and size reuses the first."""
     import time
     import warnings
 
@@ -208,7 +213,7 @@ def toyworld_build(
     start = time.perf_counter()
     try:
         reused = io.exists(io.join(out, "world.json"))
-        world = build_world(out, seed=seed, size=size)
+        world = build_world(out, seed=seed, size=size, proxy_overfit_rate=proxy_overfit_rate)
     except PrefcurateError as exc:
         fail(str(exc))
     pool, sft = world.stats["pool"], world.stats["sft"]

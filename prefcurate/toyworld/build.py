@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from prefcurate import io
 from prefcurate.checkpoint import METADATA_FILE, save_checkpoint
@@ -26,7 +26,7 @@ from prefcurate.toyworld.task import quality
 from prefcurate.toyworld.tokenizer import build_tokenizer
 
 # Bump when the generators change what a spec produces, so stale cached worlds are rebuilt.
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 Size = Literal["small", "default"]
 
 FILES = {
@@ -54,14 +54,22 @@ class WorldSpec(BaseModel):
         return io.sha256_json({"version": WORLD_VERSION, "spec": self.model_dump(mode="json")})
 
 
-def world_spec(size: str = "default", seed: int = 0) -> WorldSpec:
-    """The preset for `size`: `default` as measured in DESIGN §4, `small` for tests and quick demos."""
+def world_spec(size: str = "default", seed: int = 0, proxy_overfit_rate: float = 0.0) -> WorldSpec:
+    """The preset for `size`: `default` as measured in DESIGN §4, `small` for tests and quick demos;
+    `proxy_overfit_rate` plants the proxy-overfit kind (0 leaves the preset's pool and validation as they were)."""
     if size == "default":
-        return WorldSpec(size="default", seed=seed, pool=PoolSpec(), sft=SFTSpec())
-    if size == "small":
+        pool, sft = PoolSpec(), SFTSpec()
+    elif size == "small":
         pool = PoolSpec(n_pairs=240, n_validation=48, n_validation_instructions=48, n_eval_prompts=32)
-        return WorldSpec(size="small", seed=seed, pool=pool, sft=SFTSpec(n_rows=1000, epochs=4, learning_rate=1e-2, batch_size=64))
-    raise ConfigError(f"unknown toy world size '{size}'; use 'small' or 'default'")
+        sft = SFTSpec(n_rows=1000, epochs=4, learning_rate=1e-2, batch_size=64)
+    else:
+        raise ConfigError(f"unknown toy world size '{size}'; use 'small' or 'default'")
+    if proxy_overfit_rate:
+        try:
+            pool = PoolSpec(**{**pool.model_dump(), "proxy_overfit_rate": proxy_overfit_rate})
+        except ValidationError as exc:
+            raise ConfigError(f"proxy_overfit_rate {proxy_overfit_rate}: {exc.errors()[0]['msg']}") from exc
+    return WorldSpec(size=size, seed=seed, pool=pool, sft=sft)
 
 
 @dataclass(frozen=True)
@@ -137,10 +145,10 @@ def _one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def build_world(out_dir: str, seed: int = 0, size: str = "default") -> World:
+def build_world(out_dir: str, seed: int = 0, size: str = "default", proxy_overfit_rate: float = 0.0) -> World:
     """Build (or reuse) the toy world for `size` and `seed` under `out_dir` (a path or URI)."""
     root = str(out_dir).rstrip("/")
-    spec = world_spec(size, seed)
+    spec = world_spec(size, seed, proxy_overfit_rate)
     cached = _cached(root, spec)
     if cached is not None:
         return cached

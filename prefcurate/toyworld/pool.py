@@ -20,7 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from prefcurate.data.pairs import pair_id
 from prefcurate.errors import ConfigError
 from prefcurate.toyworld.task import (
+    DONE,
     JUNK,
+    WORDS,
     Instruction,
     all_instructions,
     imperfect_answer,
@@ -43,13 +45,22 @@ class PoolSpec(BaseModel):
     n_eval_prompts: int = Field(default=100, ge=1, description="Held-out evaluation instructions.")
     flip_rate: float = Field(default=0.30, ge=0.0, le=1.0, description="Share of pairs with chosen and rejected swapped.")
     near_duplicate_rate: float = Field(default=0.05, ge=0.0, le=1.0, description="Share of pairs that copy another pair but for one token.")
-    over_scored_rate: float = Field(default=0.08, ge=0.0, le=1.0, description="Share of perfect-vs-junk pairs rated 10 vs 1.")
+    extreme_contrast_rate: float = Field(default=0.08, ge=0.0, le=1.0, description="Share of perfect-vs-junk pairs rated 10 vs 1: an extreme contrast the SFT model already fits, so its IF is low.")
+    proxy_overfit_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="Share of pairs that teach only the validation set's narrow proxy (the proxy word), not the task; "
+        "when above 0 the validation set over-represents that word (see proxy_validation_share).",
+    )
+    proxy_validation_share: float = Field(
+        default=0.5, ge=0.0, le=1.0,
+        description="Share of validation pairs on the proxy word's instructions; used only when proxy_overfit_rate > 0.",
+    )
     writer_skill: tuple[float, float] = Field(default=(0.1, 0.9), description="Range of the skill of the writers of pool answers.")
 
     @model_validator(mode="after")
     def _consistent(self) -> "PoolSpec":
-        if self.n_near_duplicates + self.n_over_scored >= self.n_pairs:
-            raise ValueError("near_duplicate_rate + over_scored_rate must leave some ordinary pairs")
+        if self.n_near_duplicates + self.n_extreme_contrast + self.n_proxy_overfit >= self.n_pairs:
+            raise ValueError("near_duplicate_rate + extreme_contrast_rate + proxy_overfit_rate must leave some ordinary pairs")
         if self.n_flips > self.n_ordinary - self.n_near_duplicates:
             raise ValueError("flip_rate is too high: flips and near-duplicate sources must be distinct ordinary pairs")
         lo, hi = self.writer_skill
@@ -68,13 +79,17 @@ class PoolSpec(BaseModel):
         return round(self.near_duplicate_rate * self.n_pairs)
 
     @property
-    def n_over_scored(self) -> int:
-        return round(self.over_scored_rate * self.n_pairs)
+    def n_extreme_contrast(self) -> int:
+        return round(self.extreme_contrast_rate * self.n_pairs)
+
+    @property
+    def n_proxy_overfit(self) -> int:
+        return round(self.proxy_overfit_rate * self.n_pairs)
 
     @property
     def n_ordinary(self) -> int:
         """Pairs of two imperfect answers (flipped ones included)."""
-        return self.n_pairs - self.n_near_duplicates - self.n_over_scored
+        return self.n_pairs - self.n_near_duplicates - self.n_extreme_contrast - self.n_proxy_overfit
 
 
 @dataclass(frozen=True)
@@ -105,6 +120,31 @@ def split_instructions(spec: PoolSpec, seed: int) -> InstructionSplit:
         validation=instructions[n_eval : n_eval + n_val],
         train=instructions[n_eval + n_val :],
     )
+
+
+def proxy_word(split: InstructionSplit) -> str:
+    """The validation set's narrow proxy: the word most frequent among its instructions
+    (first in `WORDS` on a tie), which the validation pool over-represents when the
+    proxy-overfit kind is planted."""
+    words = [inst.word for inst in split.validation]
+    return max(WORDS, key=words.count)
+
+
+def _proxy_overfit_pair(inst: Instruction, proxy: str, rng: random.Random) -> tuple[str, str]:
+    """A pair that teaches the validation proxy and nothing of the task.
+
+    Chosen repeats the proxy word, rejected another wrong word, both the right number of
+    times and closed: under the oracle both score 0 (no slot holds the instruction's word),
+    so the pair does not say how to answer `inst`. What it does say is "write the proxy word
+    rather than another": the validation loss, half of it on prompts that ask for the proxy
+    word, rewards exactly that, so the pair's gradient was meant to lean along ∇L_val and
+    its IF to be high for the proxy, not the task (the paper's over-scoring). That is a
+    hypothesis, not a property: at 8 % the small and default worlds measured their IF *below*
+    clean pairs (AUROC 0.31 and 0.27), perhaps because writing a word the prompt did not ask
+    for also fights the copying the rest of the validation set rewards.
+    """
+    other = rng.choice([w for w in WORDS if w not in (inst.word, proxy)])
+    return " ".join([proxy] * inst.n + [DONE]), " ".join([other] * inst.n + [DONE])
 
 
 def rating(q: float) -> float:
@@ -183,9 +223,18 @@ def build_pool(split: InstructionSplit, spec: PoolSpec, seed: int) -> tuple[pd.D
     for i in picked[: spec.n_flips]:
         inst, chosen, rejected, _ = pairs[i]
         pairs[i] = (inst, rejected, chosen, "label_flip")  # scores follow: the file stays self-consistent
-    for _ in range(spec.n_over_scored):
+    for _ in range(spec.n_extreme_contrast):
         inst = rng.choice(split.train)
-        pairs.append((*_unique(lambda: (inst, inst.perfect_answer, junk_answer(rng)), seen), "over_scored"))
+        pairs.append((*_unique(lambda: (inst, inst.perfect_answer, junk_answer(rng)), seen), "extreme_contrast"))
+    if spec.n_proxy_overfit:
+        proxy = proxy_word(split)
+        off_proxy = [inst for inst in split.train if inst.word != proxy]
+
+        def planted() -> tuple[Instruction, str, str]:
+            inst = rng.choice(off_proxy)
+            return (inst, *_proxy_overfit_pair(inst, proxy, rng))
+
+        pairs.extend((*_unique(planted, seen), "proxy_overfit") for _ in range(spec.n_proxy_overfit))
 
     rng.shuffle(pairs)
     pool = pd.DataFrame([_row(inst, chosen, rejected) for inst, chosen, rejected, _ in pairs], columns=POOL_COLUMNS)
@@ -205,14 +254,39 @@ def build_pool(split: InstructionSplit, spec: PoolSpec, seed: int) -> tuple[pd.D
     return pool, defects
 
 
+def _cycle(instructions: list[Instruction], n: int) -> list[Instruction]:
+    """`n` instructions cycling through `instructions`, so each is used before any repeats."""
+    return [instructions[i % len(instructions)] for i in range(n)]
+
+
 def build_validation(split: InstructionSplit, spec: PoolSpec, seed: int) -> pd.DataFrame:
-    """A clean pool on the validation instructions: every pair ordered by the oracle."""
+    """A clean pool on the validation instructions: every pair ordered by the oracle.
+
+    With the proxy-overfit kind planted, `proxy_validation_share` of the pairs are on the
+    proxy word's instructions: still clean, but a narrow proxy of the task. Its pairs are
+    redrawn until new, as in the pool (few proxy instructions make repeats likely).
+    """
+    n = spec.n_validation
+    if spec.n_proxy_overfit:
+        proxy = proxy_word(split)
+        on = [inst for inst in split.validation if inst.word == proxy]
+        off = [inst for inst in split.validation if inst.word != proxy] or on
+        n_on = round(spec.proxy_validation_share * n)
+        instructions = _cycle(on, n_on) + _cycle(off, n - n_on)
+    else:
+        instructions = _cycle(split.validation, n)
     rng = random.Random(seed)
-    rows = []
-    for i in range(spec.n_validation):
-        # Cycle through the instructions so each one is used before any repeats.
-        inst = split.validation[i % len(split.validation)]
-        rows.append(_row(inst, *_ordinary_pair(inst, rng, spec.writer_skill)))
+    # Only the proxy validation set is redrawn until new: the presets' validation sets stay as
+    # they were (the default one holds one repeated pair, which ingest drops).
+    seen: set[tuple[Instruction, str, str]] | None = set() if spec.n_proxy_overfit else None
+
+    def draw(inst: Instruction) -> tuple[Instruction, str, str]:
+        def pair() -> tuple[Instruction, str, str]:
+            return (inst, *_ordinary_pair(inst, rng, spec.writer_skill))
+
+        return pair() if seen is None else _unique(pair, seen)
+
+    rows = [_row(*draw(inst)) for inst in instructions]
     return pd.DataFrame(rows, columns=POOL_COLUMNS)
 
 

@@ -97,7 +97,7 @@ def imperfect_answer(inst: Instruction, rng: random.Random, skill: float) -> str
 
 
 def junk_answer(rng: random.Random, length: int = 6) -> str:
-    """Pure junk: what a degenerate model writes (used for the over-scored extreme pairs)."""
+    """Pure junk: what a degenerate model writes (used for the extreme-contrast pairs)."""
     return " ".join(rng.choice(JUNK) for _ in range(length))
 
 

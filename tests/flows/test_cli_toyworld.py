@@ -36,3 +36,15 @@ def test_build_into_a_world_of_another_seed_is_one_line_exit_2(toy_world):
 def test_unknown_size_is_refused_before_building(tmp_path):
     result = runner.invoke(app, ["toyworld", "build", "--out", str(tmp_path / "w"), "--size", "huge"])
     assert result.exit_code != 0 and not (tmp_path / "w").exists()
+
+
+def test_proxy_overfit_rate_plants_the_kind_and_an_impossible_rate_is_one_line(tmp_path):
+    bad = runner.invoke(app, ["toyworld", "build", "--out", str(tmp_path / "bad"), "--size", "small", "--proxy-overfit-rate", "0.9"])
+    assert bad.exit_code == 2 and not (tmp_path / "bad").exists()
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "proxy_overfit_rate 0.9" in lines[0] and "ordinary pairs" in lines[0]
+    out = tmp_path / "world"
+    good = runner.invoke(app, ["toyworld", "build", "--out", str(out), "--size", "small", "--proxy-overfit-rate", "0.05"])
+    assert good.exit_code == 0, good.output
+    assert "12 proxy_overfit" in good.output  # round(0.05 * 240)
+    assert json.loads((out / "world.json").read_text())["spec"]["pool"]["proxy_overfit_rate"] == 0.05

@@ -17,7 +17,7 @@ from prefcurate.data.pairs import load_pairs
 from prefcurate.errors import ConfigError
 from prefcurate.toyworld.build import build_world, world_spec
 from prefcurate.toyworld.model import build_model
-from prefcurate.toyworld.pool import POOL_COLUMNS, PoolSpec, build_preference_data, rating
+from prefcurate.toyworld.pool import POOL_COLUMNS, PoolSpec, build_preference_data, proxy_word, rating
 from prefcurate.toyworld.sft import mean_quality
 from prefcurate.toyworld.task import Instruction, junk_answer, parse_instruction, quality
 from prefcurate.toyworld.tokenizer import build_tokenizer
@@ -85,7 +85,7 @@ def test_planted_defects_match_spec_and_are_what_they_claim(toy_world, pool, def
     counts = defects["defect"].value_counts().to_dict()
     assert counts == {"label_flip": round(spec.flip_rate * spec.n_pairs),
                       "near_duplicate": round(spec.near_duplicate_rate * spec.n_pairs),
-                      "over_scored": round(spec.over_scored_rate * spec.n_pairs)}
+                      "extreme_contrast": round(spec.extreme_contrast_rate * spec.n_pairs)}
     assert defects["pair_index"].is_unique
     label = defects.set_index("pair_index")["defect"].reindex(range(len(pool))).fillna("clean")
     q_chosen = [quality(p, _answer(c)) for p, c in zip(pool["prompt"], pool["chosen"])]
@@ -95,7 +95,7 @@ def test_planted_defects_match_spec_and_are_what_they_claim(toy_world, pool, def
             assert q_chosen[i] < q_rejected[i], f"row {i} is labelled flipped but the oracle prefers chosen"
         else:
             assert q_chosen[i] > q_rejected[i], f"row {i} ({kind}) is out of order under the oracle"
-        if kind == "over_scored":
+        if kind == "extreme_contrast":
             assert q_chosen[i] == 1.0 and q_rejected[i] == 0.0
             assert (pool.at[i, "score_chosen"], pool.at[i, "score_rejected"]) == (10.0, 1.0)
         if kind == "near_duplicate":
@@ -140,14 +140,48 @@ def test_eval_instructions_are_disjoint_from_training_and_validation(toy_world, 
 
 def test_rates_are_exact_counts_for_any_spec():
     spec = PoolSpec(n_pairs=200, n_validation=10, n_validation_instructions=10, n_eval_prompts=10,
-                    flip_rate=0.1, near_duplicate_rate=0.15, over_scored_rate=0.05)
+                    flip_rate=0.1, near_duplicate_rate=0.15, extreme_contrast_rate=0.05)
     counts = build_preference_data(spec, seed=5).defects["defect"].value_counts().to_dict()
-    assert counts == {"label_flip": 20, "near_duplicate": 30, "over_scored": 10}
+    assert counts == {"label_flip": 20, "near_duplicate": 30, "extreme_contrast": 10}
+
+
+def test_proxy_overfit_pairs_teach_the_validation_proxy_and_nothing_of_the_task():
+    spec = world_spec("small", 0, proxy_overfit_rate=0.08).pool
+    data = build_preference_data(spec, seed=0)
+    proxy = proxy_word(data.split)
+    planted = data.defects[data.defects["defect"] == "proxy_overfit"]
+    assert len(planted) == round(0.08 * spec.n_pairs) == 19
+    assert len(data.pool) == spec.n_pairs and data.defects["pair_index"].is_unique
+    for i in planted["pair_index"]:
+        inst = parse_instruction(data.pool.at[i, "prompt"])
+        chosen, rejected = _answer(data.pool.at[i, "chosen"]), _answer(data.pool.at[i, "rejected"])
+        assert inst.word != proxy and chosen == " ".join([proxy] * inst.n + ["done"])
+        assert {inst.word, proxy}.isdisjoint(rejected.split()[:-1]) and len(rejected.split()) == inst.n + 1
+        # The oracle is indifferent: neither answer holds the instruction's word.
+        assert quality(inst, chosen) == quality(inst, rejected) == 0.0
+    # The validation set is the narrow proxy: half its pairs ask for the proxy word, and it stays clean.
+    val = data.validation
+    assert sum(parse_instruction(p).word == proxy for p in val["prompt"]) == round(spec.proxy_validation_share * len(val))
+    assert all(quality(p, _answer(c)) > quality(p, _answer(r)) for p, c, r in zip(val["prompt"], val["chosen"], val["rejected"]))
+    assert set(val["prompt"]) <= {inst.text for inst in data.split.validation}
+    pairs = [(p, _answer(c), _answer(r)) for p, c, r in zip(val["prompt"], val["chosen"], val["rejected"])]
+    assert len(set(pairs)) == len(pairs)  # few proxy instructions, yet no repeated pair for ingest to drop
+
+
+def test_proxy_overfit_off_leaves_the_world_as_it_was():
+    spec = world_spec("small", 0).pool
+    assert spec.proxy_overfit_rate == 0.0
+    with_field = PoolSpec(**{**spec.model_dump(), "proxy_validation_share": 0.9})  # unused while the kind is off
+    a, b = build_preference_data(spec, 0), build_preference_data(with_field, 0)
+    assert a.pool.equals(b.pool) and a.validation.equals(b.validation) and a.defects.equals(b.defects)
+    assert "proxy_overfit" not in set(a.defects["defect"])
+    with pytest.raises(ConfigError, match="proxy_overfit_rate 0.9: .*ordinary pairs"):
+        world_spec("small", 0, proxy_overfit_rate=0.9)
 
 
 def test_pool_spec_refuses_rates_that_leave_no_ordinary_pairs():
     with pytest.raises(ValueError, match="ordinary"):
-        PoolSpec(n_pairs=100, near_duplicate_rate=0.6, over_scored_rate=0.5)
+        PoolSpec(n_pairs=100, near_duplicate_rate=0.6, extreme_contrast_rate=0.5)
     with pytest.raises(ValueError, match="flip_rate"):
         PoolSpec(n_pairs=100, flip_rate=0.95)
 

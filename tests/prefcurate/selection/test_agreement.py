@@ -78,18 +78,18 @@ def test_defect_detection_and_removal_counts():
         "irm": [-3.0, -2.0, 1.0, 2.0, 3.0, 4.0],
         "lossdiff": [0.5, 0.1, 0.2, 0.3, 0.4, 0.0],
     })
-    defects = pd.DataFrame({"pair_id": ["p0", "p1", "p5", "zz"], "defect": ["label_flip", "label_flip", "over_scored", "label_flip"]})
+    defects = pd.DataFrame({"pair_id": ["p0", "p1", "p5", "zz"], "defect": ["label_flip", "label_flip", "extreme_contrast", "label_flip"]})
     report = agreement_report(scores, {"mid": selection("irm-band", ["p2", "p3", "p4"], 6),
                                        "all-but-p0": selection("random", ["p1", "p2", "p3", "p4", "p5"], 6)}, defects)
     det = report.detection
-    assert det.loc["label_flip", "n"] == 2 and det.loc["over_scored", "n"] == 1
+    assert det.loc["label_flip", "n"] == 2 and det.loc["extreme_contrast", "n"] == 1
     assert det.loc["label_flip", "auroc_irm"] == 0.0  # flips have the lowest margins
-    assert det.loc["over_scored", "auroc_irm"] == 1.0  # extreme margins
+    assert det.loc["extreme_contrast", "auroc_irm"] == 1.0  # extreme margins
     # lossdiff: flips 0.5, 0.1 against clean 0.2, 0.3, 0.4 -> 0.5 beats 3, 0.1 beats none -> 3/6.
     assert det.loc["label_flip", "auroc_lossdiff"] == pytest.approx(0.5)
     rem = report.removal
     assert rem.loc["label_flip"].to_dict() == {"n": 2, "mid": 2, "all-but-p0": 1}
-    assert rem.loc["over_scored"].to_dict() == {"n": 1, "mid": 1, "all-but-p0": 0}
+    assert rem.loc["extreme_contrast"].to_dict() == {"n": 1, "mid": 1, "all-but-p0": 0}
     assert rem.loc["clean"].to_dict() == {"n": 3, "mid": 0, "all-but-p0": 0}
     assert any("1 labelled defects are not in the scored pool" in n for n in report.notes)
 
@@ -168,4 +168,4 @@ def test_toy_world_agreement_and_planted_defects(toy_world, toy_scores):
     assert report.detection.loc["label_flip", "auroc_irm"] < 0.4  # flipped pairs have low implicit reward margins
     removed = report.removal["lossdiff-irm"] / report.removal["n"]
     assert removed["label_flip"] > removed["clean"] + 0.1  # the rule removes flips more than clean pairs
-    assert removed["over_scored"] >= 0.8  # and the extreme-margin pairs
+    assert removed["extreme_contrast"] >= 0.8  # and the extreme-margin pairs
