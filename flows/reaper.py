@@ -3,19 +3,24 @@
 Prefect's ephemeral API server (and a local Dask cluster) run as child processes; killed
 with SIGKILL, the command cannot stop them, and they would run on. The reaper is a tiny
 separate process that holds the read end of a pipe whose write end only the command holds:
-when the command dies the pipe closes, and the reaper ends every descendant it saw.
+when the command dies the pipe closes, and the reaper ends every descendant it saw, and every
+process that carries the command's token in its environment (a child started in the last
+moment before the kill, reparented before the reaper saw it).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 
-# Runs as `python -c REAPER <pid> <fd>`; Linux /proc only (elsewhere it watches nothing).
+TOKEN_ENV = "PREFCURATE_REAPER_TOKEN"
+
+# Runs as `python -c REAPER <pid> <fd> <token>`; Linux /proc only (elsewhere it watches nothing).
 REAPER = r"""
 import os, select, signal, sys, time
-pid, fd = int(sys.argv[1]), int(sys.argv[2])
+pid, fd, token = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].encode()
 
 def children(p):
     out = set()
@@ -36,10 +41,22 @@ def descendants(p):
                 todo.append(c)
     return found
 
+def marked():
+    out = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/environ", "rb") as fh:
+                    if token in fh.read().split(b"\0"):
+                        out.add(int(name))
+            except OSError:
+                pass
+    return out
+
 seen = set()
-while not select.select([fd], [], [], 1.0)[0]:
+while not select.select([fd], [], [], 0.5)[0]:
     seen |= descendants(pid)
-seen |= descendants(pid)
+seen |= descendants(pid) | marked()
 seen.discard(os.getpid())
 for sig in (signal.SIGTERM, signal.SIGKILL):
     for p in seen:
@@ -55,8 +72,11 @@ def start_reaper() -> None:
     """Watch this process; on its death, end every process it started (and theirs)."""
     if not os.path.isdir("/proc"):
         return
+    token = secrets.token_hex(8)
+    os.environ[TOKEN_ENV] = token  # inherited by everything this command starts from now on
     read_end, write_end = os.pipe()  # non-inheritable: children never hold the write end
-    subprocess.Popen([sys.executable, "-c", REAPER, str(os.getpid()), str(read_end)], pass_fds=(read_end,),
+    subprocess.Popen([sys.executable, "-c", REAPER, str(os.getpid()), str(read_end), f"{TOKEN_ENV}={token}"],
+                     pass_fds=(read_end,), env={k: v for k, v in os.environ.items() if k != TOKEN_ENV},
                      start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL)
     os.close(read_end)
