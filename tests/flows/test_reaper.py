@@ -55,3 +55,20 @@ def test_kill_9_of_the_cli_leaves_no_process_behind(toy_world, tmp_path):
     while any(_running(p) for p in started) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [p for p in started if _running(p)], "processes of the killed command still run"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc")
+def test_a_child_started_just_before_the_kill_is_ended_too():
+    # the child is started and the command killed within milliseconds: the reaper's poll has not
+    # seen it, and it is reparented at once; the command's token in its environment gives it away
+    script = ("import os, subprocess, sys, time\n"
+              "from prefcurate.flows.reaper import start_reaper\n"
+              "start_reaper(); time.sleep(1.2)\n"
+              "child = subprocess.Popen(['sleep', '60'], stdout=subprocess.DEVNULL)\n"
+              "print(child.pid, flush=True); os.kill(os.getpid(), 9)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    pid = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(pid), "a child started just before kill -9 still runs"
