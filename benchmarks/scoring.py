@@ -56,7 +56,6 @@ from prefcurate.training.dpo import fit_dpo
 QWEN2_05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                  intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True)  # fmt: skip
 GOALS = {"if_vs_ldirm": 1.4, "jvp_vs_loop": 5.0, "ldirm_vs_forward": 0.9, "if_vs_forward": 0.38}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 # --- the pool and the model ---------------------------------------------------------------
@@ -393,7 +392,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch CPU threads (default: torch's choice). Use 1 on a shared machine: OpenMP threads "
                         "competing with other processes for the cores slow small kernels down many times over.")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--beta", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-memory", dest="memory", action="store_false", help="Skip the N vs 4N memory subprocesses.")

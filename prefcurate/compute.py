@@ -17,8 +17,6 @@ import torch
 
 from prefcurate.errors import ConfigError
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
-
 
 def resolve_device(device: str) -> torch.device:
     """`auto|cpu|cuda|cuda:N` as a torch device; a GPU that is not there is a ConfigError."""
