@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.figure import Figure
 
-from prefcurate.reporting.plots import _png
+from prefcurate.reporting.plots import png_bytes
 from prefcurate.reporting.report import markdown_table
 from prefcurate.selection.groups import GROUPS
 
@@ -25,7 +25,7 @@ def curves_figure(curves: pd.DataFrame) -> bytes:
         ax.set_title(title)
         ax.grid(alpha=0.3)
     fig.axes[0].legend()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def final_table(curves: pd.DataFrame, sizes: dict[str, int]) -> pd.DataFrame:

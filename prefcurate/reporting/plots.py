@@ -37,7 +37,7 @@ FIGURES = {
 }
 
 
-def _png(fig: Figure) -> bytes:
+def png_bytes(fig: Figure) -> bytes:
     FigureCanvasAgg(fig)
     buf = _io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
@@ -101,7 +101,7 @@ def score_distributions(scores: pd.DataFrame, kept: Selection | Iterable[str] | 
         ax.set_ylabel("pairs")
     rule = kept.rule if isinstance(kept, Selection) else None
     fig.suptitle(f"Score distributions — selection: {rule}" if rule else "Score distributions", fontsize=11)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def lossdiff_vs_irm(scores: pd.DataFrame, kept: Selection | Iterable[str] | None = None) -> bytes:
@@ -127,7 +127,7 @@ def lossdiff_vs_irm(scores: pd.DataFrame, kept: Selection | Iterable[str] | None
     ax.set_ylabel("LossDiff  (ℓ(θ) − ℓ(θ_val))")
     shown = "" if len(show) == len(scores) else f" — {len(show):,} of {len(scores):,} pairs shown"
     ax.set_title(f"LossDiff vs IRM{shown}", fontsize=11)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def if_vs_proxies(scores: pd.DataFrame, kept: Selection | Iterable[str] | None = None) -> bytes:
@@ -157,7 +157,7 @@ def if_vs_proxies(scores: pd.DataFrame, kept: Selection | Iterable[str] | None =
         ax.set_xlabel(LABELS[column])
         ax.set_ylabel("IF (influence on validation loss)")
         ax.set_title(f"IF vs {LABELS[column]}: Pearson r = {r:.2f}", fontsize=10)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _board(leaderboard: pd.DataFrame) -> pd.DataFrame:
@@ -192,7 +192,7 @@ def win_rate_bars(leaderboard: pd.DataFrame, reference: str | None = None) -> by
     against = f" against {reference}" if reference else ""
     ax.set_xlabel(f"win rate{against} (%), bars: ±1.96 s.e.")
     ax.set_title(f"Win rates{against}", fontsize=11)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def write_figures(

@@ -134,7 +134,7 @@ def _pool_stats(pool, defects) -> dict[str, Any]:
 
 
 @contextmanager
-def _one_torch_thread() -> Iterator[None]:
+def one_torch_thread() -> Iterator[None]:
     """Run on one intra-op thread: the toy model is too small to gain from more, and on a
     shared machine two spinning threads made SFT up to 20x slower (11 s vs 207 s measured)."""
     threads = torch.get_num_threads()
@@ -152,7 +152,7 @@ def build_world(out_dir: str, seed: int = 0, size: str = "default", proxy_overfi
     cached = _cached(root, spec)
     if cached is not None:
         return cached
-    with _one_torch_thread():
+    with one_torch_thread():
         stats = _build(root, spec)
     return _world(root, spec, stats)
 

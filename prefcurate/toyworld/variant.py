@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefcurate import io
 from prefcurate.checkpoint import save_checkpoint
 from prefcurate.errors import ConfigError, StorageError
-from prefcurate.toyworld.build import World, _one_torch_thread, build_world
+from prefcurate.toyworld.build import World, build_world, one_torch_thread
 from prefcurate.toyworld.model import build_model
 from prefcurate.toyworld.pool import split_instructions
 from prefcurate.toyworld.sft import demonstrations, mean_quality, train_sft
@@ -33,7 +33,7 @@ def build_sft_variant(world: World, out_dir: str, *, seed: int, epochs: float | 
     spec = world.spec.sft if epochs is None else world.spec.sft.model_copy(update={"epochs": epochs})
     split = split_instructions(world.spec.pool, world.spec.seed)
     tokenizer = build_tokenizer()
-    with _one_torch_thread():
+    with one_torch_thread():
         model = build_model(tokenizer, world.spec.size, seed)
         model = train_sft(model, tokenizer, demonstrations(split.train, spec, seed), spec, seed)
         fingerprint = save_checkpoint(model, tokenizer, out_dir, metadata={
