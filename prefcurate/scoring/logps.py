@@ -345,6 +345,11 @@ def dpo_loss(
     raise ScoringError(f"unknown loss_type {loss_type!r}; use one of {list(get_args(LossType))}")
 
 
+def frame_lengths(logps: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen_len, rejected_len) of a `compute_logps` frame: `dpo_loss`'s `lengths`."""
+    return torch.tensor(logps["chosen_len"].to_numpy()), torch.tensor(logps["rejected_len"].to_numpy())
+
+
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 

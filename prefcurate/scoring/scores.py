@@ -27,7 +27,14 @@ from prefcurate.compute import place
 from prefcurate.config import ComputeConfig, ScoringConfig, TrainingConfig
 from prefcurate.errors import ScoringError
 from prefcurate.scoring.influence import ValidationGradient, influence_scores
-from prefcurate.scoring.logps import compute_logps, dpo_loss, reference_index, reference_tensors, tokenize_pairs
+from prefcurate.scoring.logps import (
+    compute_logps,
+    dpo_loss,
+    frame_lengths,
+    reference_index,
+    reference_tensors,
+    tokenize_pairs,
+)
 from prefcurate.selection.band import band_mask
 
 SCORE_COLUMNS = [
@@ -100,11 +107,11 @@ def score_shard(
     else:
         policy = compute_logps(models.policy, models.tokenizer, tokenized, desc="θ log-probs", **shape)
         loss, irm = dpo_loss(_t(policy.chosen_logps), _t(policy.rejected_logps), ref_c, ref_r, training.beta,
-                             loss_type=training.loss_type, lengths=_lengths(policy))
+                             loss_type=training.loss_type, lengths=frame_lengths(policy))
         policy["loss"], policy["irm"], policy["if"] = loss.double().numpy(), irm.double().numpy(), math.nan
     val = compute_logps(models.val, models.tokenizer, tokenized, desc="θ_val log-probs", **shape)
     loss_val, _ = dpo_loss(_t(val.chosen_logps), _t(val.rejected_logps), ref_c, ref_r, training.beta,
-                           loss_type=training.loss_type, lengths=_lengths(val))
+                           loss_type=training.loss_type, lengths=frame_lengths(val))
     frame = pd.DataFrame(
         {
             "pair_id": ids,
@@ -134,10 +141,6 @@ def score_shard(
 
 def _t(series: pd.Series) -> torch.Tensor:
     return torch.tensor(series.to_numpy(), dtype=torch.float32)
-
-
-def _lengths(logps: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
-    return _t(logps.chosen_len), _t(logps.rejected_len)
 
 
 def _check_frame(frame: pd.DataFrame) -> None:

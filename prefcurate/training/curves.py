@@ -15,7 +15,7 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 
 from prefcurate.config import TrainingConfig
-from prefcurate.scoring.logps import compute_logps, dpo_loss, reference_tensors, tokenize_pairs
+from prefcurate.scoring.logps import compute_logps, dpo_loss, frame_lengths, reference_tensors, tokenize_pairs
 from prefcurate.tracking import RunHandle, log_metrics
 
 CURVE_COLUMNS = ["step", "val_loss", "val_margin"]
@@ -39,9 +39,8 @@ class ValidationCurve(TrainerCallback):
         logps = compute_logps(model, self.tokenizer, self.pairs, max_length=self.training.max_length,
                               truncation_mode=self.training.truncation_mode, desc=None, **self.shape)
         chosen, rejected = (torch.tensor(logps[c].to_numpy()) for c in ("chosen_logps", "rejected_logps"))
-        lengths = tuple(torch.tensor(logps[c].to_numpy()) for c in ("chosen_len", "rejected_len"))
         loss, margin = dpo_loss(chosen, rejected, self.ref[0].double(), self.ref[1].double(), self.training.beta,
-                                loss_type=self.training.loss_type, lengths=lengths)
+                                loss_type=self.training.loss_type, lengths=frame_lengths(logps))
         row = {"step": step, "val_loss": float(loss.mean()), "val_margin": float(margin.mean())}
         self.rows.append(row)
         if self.run is not None:
