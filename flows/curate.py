@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, SerializeAsAny
 from prefcurate.config import RunConfig, _Pipeline
 from prefcurate.data.stage import IngestOut
 from prefcurate.errors import SelectionError
+from prefcurate.evaluation.metrics import table_records
 from prefcurate.evaluation.stage import GenerateOut, JudgeOut
 from prefcurate.flows.runs import (
     announce_estimate,
@@ -202,15 +203,6 @@ def _headline(leaderboard: list[dict[str, Any]]) -> dict[str, Any]:
             if row.get(key) is not None}
 
 
-def _records(frame: Any) -> list[dict[str, Any]]:
-    """A table's rows (its named index as a column), missing numbers as None."""
-    if frame is None:
-        return []
-    if frame.index.name is not None:
-        frame = frame.reset_index()
-    return [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
-
-
 @flow(name="curate")
 def curate(config: RunConfig) -> CurateResult:
     """Score a preference pool for an SFT model, keep the valuable pairs, train DPO on them and
@@ -242,7 +234,7 @@ def curate(config: RunConfig) -> CurateResult:
             summary = stages["replicates"] = replicates_stage({s: e.judged for s, e in evaluated.items()}, config, run, parent)
             for seed, one in evaluated.items():  # each replicate's numbers on the parent, one step per seed
                 log_metrics(parent, _headline(one.judged.leaderboard_records()), step=seed)
-            log_metrics(parent, {f"{key}.{row['model']}": row[column] for row in _records(summary.table_frame())
+            log_metrics(parent, {f"{key}.{row['model']}": row[column] for row in table_records(summary.table_frame())
                                  for key, column in (("mean_win_rate", "mean"), ("diff_vs_selected", "diff_vs_selected"),
                                                      ("paired_p", "paired_p")) if row.get(column) is not None})
         else:  # the headline numbers on the parent too, so MLflow's runs table can show and compare them
@@ -259,8 +251,8 @@ def curate(config: RunConfig) -> CurateResult:
         reference=judged.reference,
         judge=judged.judge,
         leaderboard=leaderboard,
-        head_to_head=_records(judged.head_to_head_frame() if summary is None else summary.head_to_head_frame()),
-        replicates=_records(summary.table_frame()) if summary is not None else [],
+        head_to_head=table_records(judged.head_to_head_frame() if summary is None else summary.head_to_head_frame()),
+        replicates=table_records(summary.table_frame() if summary is not None else None),
         replicates_text=summary.text() if summary is not None else "",
         report_uri=report.report.uri,
         registered=registered,

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from prefcurate import io
 from prefcurate.config import IFGroupsConfig
 from prefcurate.errors import ConfigError
+from prefcurate.evaluation.metrics import table_records
 from prefcurate.flows.curate import score_and_select
 from prefcurate.flows.runs import lease_owner, parent_run, resolve_run, use_torch_threads
 from prefcurate.lease import run_lease
@@ -69,12 +70,11 @@ def if_groups_flow(config: IFGroupsConfig) -> IFGroupsResult:
         text = report.markdown(table, settings.cuts, "../figures/if_groups.png")
         report_uri = io.write_text(io.join(run, "if-groups", "report.md"), text)
         io.write_parquet(io.join(run, "if-groups", "curves.parquet"), curves)
-        io.write_bytes(io.join(run, "if-groups", "table.csv"), table.to_csv().encode())
+        io.write_text(io.join(run, "if-groups", "table.csv"), table.to_csv())
         log_metrics(parent, {f"{k}.{g}": row[k] for g, row in table.iterrows() for k in ("val_loss_final", "val_margin_final")})
         log_artifact(parent, figure, "figures/if_groups.png")
         log_artifact(parent, report_uri, "if-groups/report.md")
         publish_table("if-groups", table.reset_index(), description=f"IF groups, {steps} DPO steps from θ each")
         publish_markdown("if-groups-report", text)
-    records = table.reset_index().to_dict(orient="records")
-    return IFGroupsResult(run_uri=run, steps=steps, table=records, report_uri=report_uri, figure_uri=figure,
+    return IFGroupsResult(run_uri=run, steps=steps, table=table_records(table), report_uri=report_uri, figure_uri=figure,
                           mlflow_url=run_url(parent))

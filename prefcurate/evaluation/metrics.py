@@ -272,9 +272,18 @@ def read_leaderboard(uri: str) -> pd.DataFrame:
     return frame
 
 
+def table_records(frame: pd.DataFrame | None) -> list[dict[str, Any]]:
+    """A table's rows, its index first when the index is named, missing numbers as None (artifacts, results, CLI)."""
+    if frame is None:
+        return []
+    if frame.index.name is not None:
+        frame = frame.reset_index()
+    return [{k: (None if pd.isna(v) else v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+
+
 def leaderboard_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """The leaderboard as rows with the model name first, missing numbers as None (artifacts, results, CLI)."""
-    return [{"model": str(name), **{k: (None if pd.isna(v) else v) for k, v in row.items()}} for name, row in frame.iterrows()]
+    """The leaderboard as rows with the model name first."""
+    return table_records(frame.set_axis(frame.index.astype(str)).rename_axis("model"))
 
 
 def write_annotations(annotations: Sequence[dict], uri: str) -> str:
