@@ -362,7 +362,8 @@ def nightly(
 @app.command()
 def study(
     config: str = typer.Option(None, "--config", help="YAML run config (as for `curate`); omit with --toy."),
-    toy: str = typer.Option(None, "--toy", help="small or default: the toy world, built anew for every seed, instead of --config."),
+    toy: str = typer.Option(None, "--toy", help="small or default: the toy world, built anew for every seed (with its reward "
+                            "model, for the reward-model baseline), instead of --config."),
     seeds: str = typer.Option("0,1,2,3,4", help="Comma-separated seeds: one full curate run each."),
     name: str = typer.Option("study", help="Names the replicates' run directories (<name>-seed<k>) and study-<name>/."),
     root: str = typer.Option("runs", help="Run root for --toy (worlds, runs, MLflow store)."),
@@ -389,14 +390,18 @@ def study(
         if toy is not None:
             from pathlib import Path
 
+            from prefcurate import io
             from prefcurate.flows.demo import demo_config
             from prefcurate.toyworld.build import build_world
+            from prefcurate.toyworld.reward import build_reward_model
 
             base = Path(root).resolve()
             configs = []
             for s in seed_list:
                 world = build_world(str(base / f"toyworld-{toy}-seed{s}"), seed=s, size=toy)
                 tree = demo_config(world, root, toy).model_dump(mode="json")
+                # the world's own reward model, so the `reward-model` rule can be a baseline
+                tree["selection"]["reward_model"] = {"uri": build_reward_model(world, io.join(world.root, "reward-model"))["checkpoint_dir"]}
                 configs.append(seeded(load_config(RunConfig, None, sets, base=tree), s, name))
         else:
             cfg = _load(RunConfig, config, sets)
@@ -429,6 +434,29 @@ def toyworld_sft(
         fail(str(exc))
     typer.echo(f"SFT variant (seed {seed}, {built['epochs']:g} epochs) in {out}: fingerprint {built['fingerprint'][:12]}, "
                f"oracle quality greedy {built['mean_quality_greedy']:.3f}")
+
+
+@toyworld_app.command("reward-model")
+def toyworld_reward_model(
+    world: str = typer.Option(..., "--world", help="A built toy world's directory (`toyworld build --out`)."),
+    out: str = typer.Option(None, "--out", help="Directory to save the reward model in (default: <world>/reward-model)."),
+    seed: int = typer.Option(None, help="Seed of its training pairs and head (default: the world's)."),
+) -> None:
+    """Train a reward model for a built world — the SFT model with a one-output head, trained with TRL's
+    RewardTrainer on oracle-ordered pairs of its own (never the pool) — for the `reward-model` rule:
+    set selection.reward_model.uri to the printed directory."""
+    _quiet_libraries()
+    from prefcurate import io
+    from prefcurate.toyworld.reward import build_reward_model
+    from prefcurate.toyworld.variant import open_world
+
+    try:
+        built = build_reward_model(open_world(world), out or io.join(world, "reward-model"), seed=seed)
+    except PrefcurateError as exc:
+        fail(str(exc))
+    typer.echo(f"reward model (seed {built['seed']}, {built['n_pairs']} pairs) in {built['checkpoint_dir']}: fingerprint "
+               f"{built['fingerprint'][:12]}; orders pairs as the oracle does: pool {built['oracle_accuracy_pool']:.1%}, "
+               f"validation {built['oracle_accuracy_validation']:.1%}")
 
 
 @app.command("if-groups")

@@ -35,7 +35,7 @@ from prefcurate.preflight import preflight
 from prefcurate.reporting.stage import RegisterOut
 from prefcurate.scoring.reference import ReferenceOut
 from prefcurate.scoring.scores import shard_ranges
-from prefcurate.scoring.stage import GradientOut, ScoreOut
+from prefcurate.scoring.stage import GradientOut, RewardOut, ScoreOut
 from prefcurate.selection.stage import SelectOut
 from prefcurate.tasks.artifacts import PrefectProgress
 from prefcurate.tasks.common import wire_core_logging
@@ -44,7 +44,7 @@ from prefcurate.tasks.gradient import gradient_stage
 from prefcurate.tasks.incremental import save_bundle_stage
 from prefcurate.tasks.ingest import ingest_stage
 from prefcurate.tasks.report import register_stage, report_stage
-from prefcurate.tasks.score import merge_scores_stage, reference_stage, score_shard_stage
+from prefcurate.tasks.score import merge_scores_stage, reference_stage, reward_stage, score_shard_stage
 from prefcurate.tasks.select import select_stage
 from prefcurate.tasks.train import final_stage, validation_model_stage, warmup_stage
 from prefcurate.tracking import RunHandle, log_metrics, run_url, ui_command
@@ -110,6 +110,7 @@ class Curated:
     gradient: GradientOut | None
     score: ScoreOut
     select: SelectOut
+    rewards: RewardOut | None = None
 
     def as_dict(self) -> dict[str, StageOutput]:
         return {k: v for k, v in vars(self).items() if v is not None}
@@ -140,8 +141,9 @@ def score_and_select(config: _Pipeline, run: str, parent: RunHandle | None) -> C
     scorer = score_shards.with_options(task_runner=task_runner(config.scaleout))
     done = {"ingest": ingest, "ref": ref, "warmup": warmup, "val": val, "gradient": gradient}
     score = scorer(done, config, run, parent)
-    select = select_stage(score, config, run, parent)
-    return Curated(ingest, ref, warmup, val, gradient, score, select)
+    rewards = reward_stage(ingest, config, run, parent)
+    select = select_stage(score, config, run, parent, rewards)
+    return Curated(ingest, ref, warmup, val, gradient, score, select, rewards)
 
 
 @dataclass

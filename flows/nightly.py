@@ -44,7 +44,7 @@ from prefcurate.tasks.incremental import (
     score_new_shard_stage,
 )
 from prefcurate.tasks.ingest import ingest_stage
-from prefcurate.tasks.score import reference_stage
+from prefcurate.tasks.score import reference_stage, reward_stage
 from prefcurate.tasks.select import publish_stage, select_stage
 from prefcurate.tasks.train import validation_model_stage, warmup_stage
 from prefcurate.tracking import run_url, set_tags
@@ -100,7 +100,10 @@ def nightly(config: NightlyConfig) -> NightlyResult:
         scorer = score_new_shards.with_options(task_runner=task_runner(config.scaleout))
         shards = scorer(new, ingest, bundle, config, run) if new.n_new else []
         score = pool_scores_stage(ingest, bundle, new, shards, config, run, parent)
-        select = select_stage(score, config, run, parent)
+        rewards = reward_stage(ingest, config, run, parent)
+        select = select_stage(score, config, run, parent, rewards)
+        if rewards is not None:
+            stages["reward-scores"] = rewards
         done = {"select": select, "score": score, "ingest": ingest, "warmup": bundle.warmup, "val": bundle.val,
                 "gradient": bundle.gradient}
         published = publish_stage(done, config, run, parent)

@@ -391,6 +391,11 @@ def _load_adapter(local_dir: Path, source: ModelSource, cache_dir: str | os.Path
     )  # fmt: skip
 
 
+def source_fingerprint(source: ModelSource | str, cache_dir: str | os.PathLike | None = None) -> str:
+    """The fingerprint of a checkpoint's files, resolved as a load would, without loading its weights."""
+    return fingerprint(_resolve(_source(source), cache_dir))
+
+
 def load_reward_model(source: ModelSource | str, *, cache_dir: str | os.PathLike | None = None) -> Checkpoint:
     """A sequence-classification model, resolved and validated like any checkpoint (safetensors unless allowed)."""
     from transformers import AutoModelForSequenceClassification

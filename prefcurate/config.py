@@ -166,13 +166,20 @@ JudgeKind = Literal[tuple(JUDGES)]  # type: ignore[valid-type]  (the judge regis
 class SelectionConfig(Section):
     rule: SelectionRule = Field(default="lossdiff-irm", description="Which rule selects the pairs to train on.")
     band: tuple[float, float] = Field(default=(12.5, 87.5), description="Middle percentile band (lo, hi) for the band rules; a pair is kept strictly inside it. The default keeps ~58 % of the toy pool with lossdiff-irm (the paper kept 50-64 %).")
-    size: int | None = Field(default=None, ge=1, description="Kept count for top-k rules (if-top, rating-margin, reward-gap, random); overrides `fraction`.")
-    fraction: float | None = Field(default=None, gt=0.0, le=1.0, description="Kept share for top-k rules (if-top, rating-margin, reward-gap, random); default: the lossdiff-irm share.")
+    size: int | None = Field(default=None, ge=1, description="Kept count for top-k rules (if-top, rating-margin, reward-gap, reward-model, random); overrides `fraction`.")
+    fraction: float | None = Field(default=None, gt=0.0, le=1.0, description="Kept share for top-k rules (if-top, rating-margin, reward-gap, reward-model, random); default: the lossdiff-irm share.")
     seed: int = Field(default=0, description="Seed for the random rule.")
     cuts: dict[str, float] = Field(
         default_factory=dict,
         description="Absolute lower bounds on scores (column → bound; a pair is kept above every bound) for the `cuts` "
         "and `lossdiff-irm-cuts` rules, e.g. {irm: 0, if: 0}. Empty: IRM > 0.",
+    )
+    reward_model: ModelSource | None = Field(
+        default=None,
+        description="An external reward model (a sequence-classification checkpoint with one output: local directory, "
+        "hub id or s3:// prefix) for the `reward-model` rule, which keeps the pairs of largest chosen − rejected reward "
+        "margin (the paper's reward-model baseline). `prefcurate toyworld reward-model` trains one for the toy world. "
+        "Empty: no reward-model scores, the rule is unavailable.",
     )
     equal_size: bool = Field(
         default=True,
@@ -186,7 +193,13 @@ class SelectionConfig(Section):
         lo, hi = self.band
         if not 0.0 <= lo < hi <= 100.0:
             raise ValueError(f"band must satisfy 0 <= lo < hi <= 100, got {self.band}")
+        if self.rule == "reward-model" and self.reward_model is None:
+            raise ValueError(REWARD_MODEL_NEEDED)
         return self
+
+
+REWARD_MODEL_NEEDED = ("the reward-model rule needs selection.reward_model: a sequence-classification checkpoint with "
+                       "one output (`prefcurate toyworld reward-model` trains one for the toy world)")
 
 
 class GenerationConfig(Section):
@@ -359,6 +372,8 @@ class RunConfig(_Pipeline):
         known = {"selected", *self.evaluation.baselines}
         if self.evaluation.reference not in known:
             raise ValueError(f"evaluation.reference must be one of {sorted(known)}, got '{self.evaluation.reference}'")
+        if "reward-model" in self.evaluation.baselines and self.selection.reward_model is None:
+            raise ValueError(f"evaluation.baselines names reward-model, but {REWARD_MODEL_NEEDED}")
         if self.selection.rule in self.evaluation.baselines:
             raise ValueError(f"evaluation.baselines names the selection's own rule '{self.selection.rule}'; "
                              "it is trained as `selected` already")

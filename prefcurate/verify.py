@@ -10,8 +10,8 @@ gets the same numbers another way and compares them with what the run stored:
   pool (cosine-normalised when the run was), against scores.parquet;
 - `lossdiff`, `irm`: every pair's, from θ, θ_val and π_ref's log-probs taken again from the SFT model;
 - `tif`: the IF band applied again to the stored IF;
-- `selection`: the run's rule and every comparison rule applied again to the stored scores,
-  against selection/ and selection/rules/<rule>/.
+- `selection`: the run's rule and every comparison rule applied again to the stored scores
+  (and the stored reward-model margins, not recomputed), against selection/ and selection/rules/<rule>/.
 
 ℓ is the run's `training.loss_type` as its warm-up manifest recorded it, from `logps.dpo_loss` (the
 formula the tests pin to TRL's trainer; what verify re-derives is everything under it), with the
@@ -57,11 +57,11 @@ from prefcurate.manifest import MANIFEST_DIR, StageOutput, manifest_uri, read_ma
 from prefcurate.progress import track
 from prefcurate.scoring.influence import load_gradient, trainable_parameters
 from prefcurate.scoring.logps import dpo_loss, make_collator, tokenize_pairs
-from prefcurate.scoring.stage import GradientOut, ScoreOut
+from prefcurate.scoring.stage import GradientOut, RewardOut, ScoreOut
 from prefcurate.selection.band import band_mask
 from prefcurate.selection.rules import select
 from prefcurate.selection.selection import SELECTION_PARQUET
-from prefcurate.selection.stage import SelectOut, comparison_selections
+from prefcurate.selection.stage import SelectOut, comparison_selections, with_rewards
 from prefcurate.training.stage import ModelOut
 
 log = logging.getLogger("prefcurate.verify")
@@ -133,6 +133,7 @@ class _Run:
     gradient: GradientOut | None
     score: ScoreOut
     select: SelectOut
+    rewards: RewardOut | None = None
 
     def at(self, output: StageOutput, uri: str) -> str:
         """`uri` under this run directory: a run copied or moved elsewhere keeps its manifests' paths."""
@@ -178,12 +179,13 @@ def open_run(uri: str) -> _Run:
     if not io.exists(io.join(run, MANIFEST_DIR)):
         raise VerifyError(f"{run} holds no {MANIFEST_DIR}/: not a prefcurate run directory "
                           "(give <root>/<run>, e.g. runs/default)")
-    score = _manifest(run, "score", ScoreOut)
+    score, select = _manifest(run, "score", ScoreOut), _manifest(run, "select", SelectOut)
     with_if = ScoringConfig.model_validate(_section(score, "scoring")).compute_if
+    rated = bool(_section(select, "selection").get("reward_model"))  # an external reward model's margins too
     return _Run(uri=run, ingest=_manifest(run, "ingest", IngestOut), warmup=_manifest(run, "warmup", ModelOut),
                 val=_manifest(run, "val", ModelOut),
                 gradient=_manifest(run, "val-gradient", GradientOut) if with_if else None,
-                score=score, select=_manifest(run, "select", SelectOut))
+                score=score, select=select, rewards=_manifest(run, "reward-scores", RewardOut) if rated else None)
 
 
 # --- the independent forward and backward -----------------------------------------------------
@@ -361,6 +363,7 @@ def verify_run(uri: str, *, sample: int = 64, seed: int = 0, float64: bool = Fal
     training, scoring, selection = _configs(run)
     scores = io.read_parquet(run.at(run.score, run.score.scores.uri))
     by_id = scores.set_index("pair_id")
+    rewards = io.read_parquet(run.at(run.rewards, run.rewards.rewards.uri)) if run.rewards is not None else None
     where = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pool_pairs = read_pairs(run.at(run.ingest, run.ingest.train.uri))
     val_pairs = read_pairs(run.at(run.ingest, run.ingest.validation.uri))
@@ -407,6 +410,6 @@ def verify_run(uri: str, *, sample: int = 64, seed: int = 0, float64: bool = Fal
     checks.append(_compare("irm", stored["irm"].to_numpy(dtype=float), irm.numpy(), pool.ids, tol["irm"]))
     if run.gradient is not None:
         checks.append(_tif_check(scores, scoring, tol["tif"]))
-    checks.append(_selection_check(run, scores, selection, tol["selection"]))
+    checks.append(_selection_check(run, with_rewards(scores, rewards), selection, tol["selection"]))
     return VerifyReport(run_uri=run.uri, dtype=dtype, sample=len(rows), n_pool=len(pool.ids), seed=seed,
                         checks=checks, skipped=skipped)

@@ -7,16 +7,19 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NONE
 
-from prefcurate.scoring.stage import ScoreOut
+from prefcurate.scoring.stage import RewardOut, ScoreOut
 from prefcurate.selection.stage import PUBLISH, SELECT, PublishOut, SelectOut
 from prefcurate.tasks.common import IO_RETRIES, run_spec
 from prefcurate.tracking import RunHandle
 
 
 @task(name="select", cache_policy=NONE, **IO_RETRIES)
-def select_stage(score: ScoreOut, config: Any, run: str, tracking: RunHandle | None = None) -> SelectOut:
-    """The configured rule, every other rule and the agreement report over the pool's scores."""
-    return run_spec(SELECT, run, config, inputs={"score": score}, tracking=tracking)
+def select_stage(score: ScoreOut, config: Any, run: str, tracking: RunHandle | None = None,
+                 rewards: RewardOut | None = None) -> SelectOut:
+    """The configured rule, every other rule and the agreement report over the pool's scores (and the external
+    reward model's, when there is one)."""
+    inputs: dict[str, Any] = {"score": score} if rewards is None else {"score": score, "rewards": rewards}
+    return run_spec(SELECT, run, config, inputs=inputs, tracking=tracking)
 
 
 @task(name="publish-selection", cache_policy=NONE, timeout_seconds=1800, **IO_RETRIES)

@@ -1,4 +1,5 @@
-"""The scoring stages: ∇L_val(θ), the pool in shards, then the pool's table.
+"""The scoring stages: ∇L_val(θ), the pool in shards, then the pool's table; and, when a
+reward-model rule is asked for, an external reward model's margin of every pair.
 
 Each shard is a stage of its own (`score-shard-00003`), keyed by its row range and every
 input it reads, so a run killed mid-scoring resumes at the first unfinished shard, and the
@@ -8,15 +9,18 @@ from the flow's memory.
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import pandas as pd
 
 from prefcurate import compute, io
-from prefcurate.checkpoint import load_checkpoint
+from prefcurate.checkpoint import load_checkpoint, source_fingerprint
 from prefcurate.data.pairs import read_pairs
 from prefcurate.data.stage import IngestOut
 from prefcurate.manifest import FileRef, StageOutput
 from prefcurate.scoring.influence import load_gradient, save_gradient, validation_gradient
 from prefcurate.scoring.reference import ReferenceOut
+from prefcurate.scoring.reward_model import RewardModel, pair_rewards
 from prefcurate.scoring.scores import finalize_scores, load_scoring_models, score_shard
 from prefcurate.stage import StageContext, StageSpec
 from prefcurate.tracking import log_metrics
@@ -123,3 +127,39 @@ def _merge(ctx: StageContext, shards: list[ShardOut]) -> ScoreOut:
 
 
 SCORE = StageSpec("score", ScoreOut, _merge, reads=("scoring",))
+
+
+class RewardOut(StageOutput):
+    """An external reward model's scores of the pool: `pair_id, reward_chosen, reward_rejected, reward_margin, truncated`."""
+
+    rewards: FileRef
+    pairs: int
+    reward_model: str
+    fingerprint: str
+    agreement: float  # share of pairs whose chosen answer the reward model prefers
+    truncated: int
+
+
+def _rewards(ctx: StageContext, ingest: IngestOut) -> RewardOut:
+    config = ctx.config
+    source = config.selection.reward_model
+    model = RewardModel.load(source, cache_dir=io.join(config.cache_dir, "checkpoints"), batch_size=config.scoring.batch_size,
+                        compute_config=config.compute)
+    frame = pair_rewards(model, read_pairs(ingest.train.uri))
+    uri = io.write_parquet(ctx.path("scores", "reward_scores.parquet"), frame)
+    agreement = float((frame["reward_margin"] > 0).mean())
+    out = RewardOut(rewards=FileRef.of(uri), pairs=len(frame), reward_model=source.uri, fingerprint=model.fingerprint,
+                    agreement=agreement, truncated=int(frame["truncated"].sum()))
+    ctx.metrics({"reward.agreement": agreement, "reward_margin.mean": float(frame["reward_margin"].mean()),
+                 "rows.pairs": len(frame), "rows.truncated": out.truncated})
+    ctx.params({"reward_model.fingerprint": model.fingerprint})
+    ctx.artifact(uri, "scores/reward_scores.parquet")
+    return out
+
+
+def _identify_reward_model(config: Any, inputs: Mapping[str, Any]) -> str:
+    return source_fingerprint(config.selection.reward_model, io.join(config.cache_dir, "checkpoints"))
+
+
+REWARD = StageSpec("reward-scores", RewardOut, _rewards, identify=_identify_reward_model,
+                   reads=("selection.reward_model", "scoring.batch_size", *compute.READS))

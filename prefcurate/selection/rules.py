@@ -16,6 +16,8 @@ Rules (DESIGN §1):
   (`score_chosen − score_rejected`, e.g. UltraFeedback's GPT-4 ratings).
 - `reward-gap`: the k pairs with the smallest signed DPO implicit-reward gap
   (arXiv 2508.04149; see `_reward_gap`).
+- `reward-model`: the k pairs with the largest chosen − rejected margin of an external reward model
+  (`selection.reward_model`), the paper's reward-model baseline.
 - `random`: k pairs drawn with a seed — the equal-size baseline.
 - `cuts`: absolute cuts instead of percentiles (every score of `selection.cuts` above its bound,
   default IRM > 0); `lossdiff-irm-cuts`: the LossDiff-IRM band and the cuts.
@@ -289,6 +291,19 @@ def _reward_gap(scores: pd.DataFrame, config: SelectionConfig, k: int, size_para
     """
     params = {**size_params, "score": "irm = beta * implicit reward margin of the warm-up model (signed)"}
     return _top_k(scores, "reward-gap", "irm", _column(scores, "irm", "reward-gap"), k, descending=False, params=params)
+
+
+@rule("reward-model", "top-k", ("reward_margin",))
+def _reward_model(scores: pd.DataFrame, config: SelectionConfig, k: int, size_params: dict[str, Any]) -> Selection:
+    """The k pairs an external reward model separates most (largest reward_chosen − reward_rejected; the
+    `reward-scores` stage computes them with `selection.reward_model`): the paper's reward-model baseline.
+    The reward model never sees this SFT model, so the rule is the same for every model."""
+    if "reward_margin" not in scores.columns:
+        raise SelectionError("rule 'reward-model' needs an external reward model's scores; set selection.reward_model "
+                             "to a sequence-classification checkpoint or pick another rule")
+    params = {**size_params, "score": "reward_chosen - reward_rejected of selection.reward_model"}
+    margin = _column(scores, "reward_margin", "reward-model")
+    return _top_k(scores, "reward-model", "reward_margin", margin, k, descending=True, params=params)
 
 
 @rule("random", "top-k", (), reads=("seed",))

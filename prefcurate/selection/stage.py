@@ -4,6 +4,9 @@ report) and the publish stage (a finished selection copied where downstream jobs
     selection/{selection.parquet,selection.json}   the rule the final model trains on
     selection/rules/<rule>/…                       every other rule (random at the selection's size)
     selection/agreement.json
+
+With `selection.reward_model`, the stage also reads the `reward-scores` stage's margins, so the
+`reward-model` rule can select (or be a baseline) beside the scores of this model.
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
+import pandas as pd
+
 from prefcurate import io
 from prefcurate.data.pairs import read_pairs
 from prefcurate.data.stage import IngestOut
 from prefcurate.errors import SelectionError
 from prefcurate.manifest import FileRef, StageOutput
-from prefcurate.scoring.stage import GradientOut, ScoreOut
+from prefcurate.scoring.stage import GradientOut, RewardOut, ScoreOut
 from prefcurate.selection import agreement, publish
 from prefcurate.selection.rules import RULES, select
 from prefcurate.selection.selection import SELECTION_JSON, SELECTION_PARQUET, Selection, read_selection, write_selection
@@ -71,9 +76,25 @@ def _defects(config: Any) -> Any:
     return agreement.toy_defects(config.defects_uri, config.data.pool_uri) if config.defects_uri else None
 
 
-def _select(ctx: StageContext, score: ScoreOut) -> SelectOut:
+REWARD_FIELDS = ["reward_chosen", "reward_rejected", "reward_margin"]
+
+
+def with_rewards(scores: pd.DataFrame, rewards: pd.DataFrame | None) -> pd.DataFrame:
+    """The pool's scores with an external reward model's columns beside them (the `reward-model` rule reads
+    them); every scored pair must have its rewards."""
+    if rewards is None:
+        return scores
+    missing = sorted(set(scores["pair_id"].astype(str)) - set(rewards["pair_id"].astype(str)))
+    if missing:
+        raise SelectionError(f"the reward-model scores lack {len(missing)} of the {len(scores)} scored pairs (e.g. "
+                             f"{missing[:3]}); rerun the reward-scores stage on this pool")
+    return scores.merge(rewards[["pair_id", *REWARD_FIELDS]].drop_duplicates("pair_id"), on="pair_id", how="left")
+
+
+def _select(ctx: StageContext, score: ScoreOut, rewards: RewardOut | None = None) -> SelectOut:
     config = ctx.config.selection
-    scores = io.read_parquet(score.scores.uri)
+    scores = with_rewards(io.read_parquet(score.scores.uri),
+                          io.read_parquet(rewards.rewards.uri) if rewards is not None else None)
     chosen = select(scores, config)
     directory = ctx.path("selection")
     write_selection(chosen, directory)

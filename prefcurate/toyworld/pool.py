@@ -172,7 +172,7 @@ def _row(inst: Instruction, chosen: str, rejected: str) -> dict:
     }
 
 
-def _ordinary_pair(inst: Instruction, rng: random.Random, skill: tuple[float, float]) -> tuple[str, str]:
+def ordinary_pair(inst: Instruction, rng: random.Random, skill: tuple[float, float]) -> tuple[str, str]:
     """Two answers by writers of random skill; the better one is chosen (ties are redrawn)."""
     while True:
         a = imperfect_answer(inst, rng, rng.uniform(*skill))
@@ -212,7 +212,7 @@ def build_pool(split: InstructionSplit, spec: PoolSpec, seed: int) -> tuple[pd.D
 
     def ordinary() -> tuple[Instruction, str, str]:
         inst = rng.choice(split.train)
-        return (inst, *_ordinary_pair(inst, rng, spec.writer_skill))
+        return (inst, *ordinary_pair(inst, rng, spec.writer_skill))
 
     # (instruction, chosen, rejected, defect) before rendering, so defects can copy a pair.
     pairs = [(*_unique(ordinary, seen), None) for _ in range(spec.n_ordinary)]
@@ -282,7 +282,7 @@ def build_validation(split: InstructionSplit, spec: PoolSpec, seed: int) -> pd.D
 
     def draw(inst: Instruction) -> tuple[Instruction, str, str]:
         def pair() -> tuple[Instruction, str, str]:
-            return (inst, *_ordinary_pair(inst, rng, spec.writer_skill))
+            return (inst, *ordinary_pair(inst, rng, spec.writer_skill))
 
         return pair() if seen is None else _unique(pair, seen)
 
@@ -314,7 +314,7 @@ def new_pairs(spec: PoolSpec, seed: int, pool: pd.DataFrame, n: int, night: int 
         if len(rows) == n:
             break
         inst = rng.choice(split.train)
-        chosen, rejected = _ordinary_pair(inst, rng, spec.writer_skill)
+        chosen, rejected = ordinary_pair(inst, rng, spec.writer_skill)
         if (inst.text, chosen, rejected) not in seen:
             seen.add((inst.text, chosen, rejected))
             rows.append(_row(inst, chosen, rejected))

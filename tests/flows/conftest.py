@@ -22,13 +22,14 @@ def stage_outputs(run: Path) -> dict[str, Any]:
     from prefcurate.scoring.bundle import BundleOut
     from prefcurate.scoring.incremental import NewPairsOut, NewShardOut
     from prefcurate.scoring.reference import ReferenceOut
-    from prefcurate.scoring.stage import GradientOut, ScoreOut, ShardOut
+    from prefcurate.scoring.stage import GradientOut, RewardOut, ScoreOut, ShardOut
     from prefcurate.selection.stage import PublishOut, SelectOut
     from prefcurate.training.stage import ModelOut
 
     exact = {"ingest": IngestOut, "reference": ReferenceOut, "warmup": ModelOut, "val": ModelOut, "val-gradient": GradientOut,
              "score": ScoreOut, "select": SelectOut, "judge": JudgeOut, "register": RegisterOut, "report": ReportOut,
-             "publish": PublishOut, "bundle": BundleOut, "new-pairs": NewPairsOut, "replicates": ReplicatesOut}
+             "publish": PublishOut, "bundle": BundleOut, "new-pairs": NewPairsOut, "replicates": ReplicatesOut,
+             "reward-scores": RewardOut}
     prefixes = {"score-shard-": ShardOut, "score-new-": NewShardOut, "final-": ModelOut, "generate-": GenerateOut,
                 "judge-seed": JudgeOut}
     out = {}

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from prefcurate.errors import ConfigError, JudgeError
+from prefcurate.errors import ConfigError
 from prefcurate.evaluation.judges.base import Judge, Verdict
 
 
@@ -23,25 +23,11 @@ class RewardModelJudge(Judge):
 
     def __init__(self, model_dir: str, cache_dir: str | os.PathLike | None, batch_size: int = 16):
         super().__init__(cache_dir)
-        import torch
+        from prefcurate.scoring.reward_model import RewardModel
 
-        from prefcurate.checkpoint import load_reward_model
-
-        self.batch_size = batch_size
         self._uri = model_dir
-        loaded = load_reward_model(model_dir)
-        self.model, self.tokenizer, self._fingerprint = loaded.model, loaded.tokenizer, loaded.fingerprint
-        if self.model.config.num_labels != 1:
-            raise JudgeError(
-                f"reward model {model_dir} has {self.model.config.num_labels} labels; a reward model outputs one score "
-                "(num_labels=1)"
-            )
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        if self.model.config.pad_token_id is None:
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.model.eval()
-        self._torch = torch
+        self.reward_model = RewardModel.load(model_dir, batch_size=batch_size)
+        self._fingerprint = self.reward_model.fingerprint
 
     @classmethod
     def from_config(cls, config, cache_dir) -> "RewardModelJudge":
@@ -57,25 +43,11 @@ class RewardModelJudge(Judge):
     def name(self) -> str:
         return f"reward-model:{Path(str(self._uri)).name}"
 
-    def _batches(self, items: list) -> list[list]:
-        return [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
-
-    def _text(self, instruction: str, output: str) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            messages = [{"role": "user", "content": instruction}, {"role": "assistant", "content": output}]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False)
-        return f"{instruction}\n\n{output}"
-
     def rewards(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """The reward of each (instruction, output)."""
-        texts = [self._text(i, o) for i, o in pairs]
-        limit = min(self.tokenizer.model_max_length, getattr(self.model.config, "max_position_embeddings", 1 << 30))
-        enc = self.tokenizer(
-            texts, return_tensors="pt", padding=True, truncation=True, max_length=limit, add_special_tokens=False
-        ).to(self.model.device)
-        with self._torch.inference_mode():
-            logits = self.model(**enc).logits
-        return [float(v) for v in logits[:, 0].float().cpu()]
+        from prefcurate.scoring.reward_model import conversation
+
+        return self.reward_model.rewards([conversation(i, o) for i, o in pairs])[0]
 
     def _pairwise(self, items):
         rewards = self.rewards([(i, o) for i, o1, o2 in items for o in (o1, o2)])

@@ -90,7 +90,7 @@ def test_reward_model_judge_refuses_unsafe_or_wrong_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="only pickle weights"):
         make_judge(JudgeConfig(kind="reward-model", model=str(path)), None)
     path2, _, _ = _reward_model_dir(tmp_path, num_labels=2)
-    with pytest.raises(JudgeError, match="num_labels=1"):
+    with pytest.raises(CheckpointError, match="num_labels=1"):
         make_judge(JudgeConfig(kind="reward-model", model=str(path2)), None)
 
 

@@ -16,12 +16,19 @@ from tests.prefcurate.synthetic import correlated_scores
 def scores():
     frame = correlated_scores(400, seed=3)
     rng = np.random.default_rng(4)
-    return frame.assign(score_chosen=rng.uniform(5, 10, 400).round(1), score_rejected=rng.uniform(1, 6, 400).round(1))
+    rewards = rng.normal(0, 1, (2, 400))
+    return frame.assign(score_chosen=rng.uniform(5, 10, 400).round(1), score_rejected=rng.uniform(1, 6, 400).round(1),
+                        reward_chosen=rewards[0], reward_rejected=rewards[1], reward_margin=rewards[0] - rewards[1])
+
+
+def rule_config(rule: str) -> SelectionConfig:
+    """The rule's config; the reward-model rule names a reward model (its scores are in the frame already)."""
+    return SelectionConfig(rule=rule, reward_model={"uri": "rm"} if rule == "reward-model" else None)
 
 
 @pytest.mark.parametrize("rule", sorted(RULES))
 def test_every_rule_resizes_to_exactly_k(scores, rule):
-    config = SelectionConfig(rule=rule)
+    config = rule_config(rule)
     for k in (37, 200, 399):
         chosen = select(scores, config, size=k)
         assert chosen.n_kept == k and len(set(chosen.kept_ids)) == k and chosen.rule == rule

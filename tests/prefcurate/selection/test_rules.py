@@ -121,6 +121,20 @@ def test_rating_margin_without_ratings_is_a_clear_error():
         select(frame(irm=[1.0, 2.0]), cfg("rating-margin", size=1))
 
 
+def test_reward_model_keeps_largest_reward_margins_and_needs_a_reward_model():
+    scores = frame(reward_margin=[0.5, -1.0, 2.5, 0.5, 1.0], irm=[0.0] * 5)
+    rm = {"reward_model": {"uri": "some/rm"}}
+    sel = select(scores, cfg("reward-model", size=3, **rm))
+    assert sel.kept_ids == ["p2", "p4", "p0"]  # ties (p0, p3 at 0.5) break by pair_id
+    assert sel.kept_scores == {"reward_margin": [2.5, 1.0, 0.5]}
+    with pytest.raises(SelectionError, match="set selection.reward_model"):
+        select(frame(irm=[1.0, 2.0]), cfg("reward-model", size=1, **rm))
+    with pytest.raises(ValueError, match="needs selection.reward_model"):
+        cfg("reward-model")
+    with pytest.raises(SelectionError, match="not finite for 1 pairs"):
+        select(frame(reward_margin=[1.0, float("nan")]), cfg("reward-model", size=1, **rm))
+
+
 def test_top_k_default_size_is_the_lossdiff_irm_share():
     rng = np.random.default_rng(0)
     scores = frame(lossdiff=rng.normal(size=300), irm=rng.normal(size=300), **{"if": rng.normal(size=300)})
