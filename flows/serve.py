@@ -1,4 +1,4 @@
-"""The three deployments, defined once: served from this process (`prefcurate serve`) or
+"""The deployments, defined once: served from this process (`prefcurate serve`) or
 written out as `prefect.yaml` for `prefect deploy` with workers.
 
 `prefect.serve` needs no work pool and no worker: the process polls the API and runs the
@@ -18,8 +18,10 @@ from prefect.schedules import Cron
 
 from prefcurate.config import NightlyConfig
 from prefcurate.errors import ConfigError
+from prefcurate.flows.compare import compare_models
 from prefcurate.flows.curate import curate
 from prefcurate.flows.evaluate import evaluate
+from prefcurate.flows.ifgroups import if_groups_flow
 from prefcurate.flows.nightly import nightly
 
 NIGHTLY_CRON = "0 2 * * *"
@@ -50,6 +52,16 @@ DEPLOYMENTS = (
     Deployment("evaluate", evaluate, "flows/evaluate.py:evaluate",
                "On demand: judge checkpoints or AlpacaEval model_outputs.json files against a reference (win rate, "
                "length-controlled win rate, single score).", "evaluate"),
+    Deployment("if-groups", if_groups_flow, "flows/ifgroups.py:if_groups_flow",
+               "On demand: the IF-group study — score the pool as curate does, split it into low / medium / high IF groups "
+               "(if_groups.cuts, percentiles), train DPO from θ on each for the same number of steps and plot validation "
+               "loss and margin. Fill in model.uri and data.pool_uri at least; give the root and run_name of a finished "
+               "curate run to reuse its θ and scores (empty run_name: a fresh run named after the flow run).", "if-groups"),
+    Deployment("compare-models", compare_models, "flows/compare.py:compare_models",
+               "On demand: score one pool for two SFT models and report how far they agree — IF rank correlation, the "
+               "share of pairs whose IF changes sign, TIF and selection overlap with chance level and Cohen's kappa. Fill "
+               "in model.uri (the first model), compare.model.uri (the second) and data.pool_uri at least; the second "
+               "model's scoring runs in compare.run_name (empty: <run_name>-b).", "compare-models"),
 )
 
 

@@ -1,4 +1,4 @@
-"""Deployments: prefect.yaml deploys through Prefect's own CLI, and `prefcurate serve` builds the same three."""
+"""Deployments: prefect.yaml deploys through Prefect's own CLI, and `prefcurate serve` builds the same ones."""
 
 from __future__ import annotations
 
@@ -20,7 +20,10 @@ EXPECTED = {  # deployment → (entrypoint, flow name)
     "nightly-curation": ("flows/nightly.py:nightly", "nightly-curation"),
     "curate": ("flows/curate.py:curate", "curate"),
     "evaluate": ("flows/evaluate.py:evaluate", "evaluate"),
+    "if-groups": ("flows/ifgroups.py:if_groups_flow", "if-groups"),
+    "compare-models": ("flows/compare.py:compare_models", "compare-models"),
 }
+ON_DEMAND = [name for name in EXPECTED if name != "nightly-curation"]
 
 
 def _leaves_without_description(schema: dict[str, Any]) -> list[str]:
@@ -33,14 +36,14 @@ def _leaves_without_description(schema: dict[str, Any]) -> list[str]:
     return missing
 
 
-def test_prefect_yaml_declares_the_three_deployments():
+def test_prefect_yaml_declares_the_deployments():
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
     assert {name: d["entrypoint"] for name, d in deployments.items()} == {k: v[0] for k, v in EXPECTED.items()}
     assert {d["work_pool"]["name"] for d in deployments.values()} == {"prefcurate-process"}
     (schedule,) = deployments["nightly-curation"]["schedules"]
     assert schedule["cron"] == "0 2 * * *" and "prefect.variables.prefcurate_timezone" in schedule["timezone"]
-    assert not deployments["curate"].get("schedules") and not deployments["evaluate"].get("schedules")
+    assert [name for name in ON_DEMAND if deployments[name].get("schedules")] == []
 
 
 def test_prefect_yaml_is_rendered_from_the_one_definition():
@@ -59,7 +62,7 @@ def test_serve_builds_the_deployments_with_forms():
     (nightly,) = built["nightly-curation"].schedules
     assert nightly.schedule.cron == "0 2 * * *" and nightly.schedule.timezone == "Europe/Berlin" and nightly.active
     assert built["nightly-curation"].parameters["config"]["data"]["pool_uri"] == "/data/pool.parquet"
-    assert not built["curate"].schedules and built["curate"].parameters == {}
+    assert all(not built[name].schedules and built[name].parameters == {} for name in ON_DEMAND)
     for name, deployment in built.items():
         schema = deployment._parameter_openapi_schema.model_dump()
         assert schema["required"] == ["config"], name
@@ -71,12 +74,50 @@ def test_serve_builds_the_deployments_with_forms():
     assert models["type"] == "array" and models["items"]["$ref"].endswith("/EvaluatedModel")  # a row per model, no JSON box
     assert set(evaluate["EvaluatedModel"]["properties"]) == {"name", "uri"}
 
+    groups = built["if-groups"]._parameter_openapi_schema.model_dump()["definitions"]["IFGroupSettings"]["properties"]
+    assert set(groups) == {"cuts", "steps", "eval_every"}
+    compare = built["compare-models"]._parameter_openapi_schema.model_dump()["definitions"]["CompareModelsConfig"]
+    assert "compare" in compare["required"]  # the second model is a required part of the form
+
     (idle,) = {d.name: d for d in deployments(None)}["nightly-curation"].schedules
     assert not idle.active  # nothing to curate without a config: scheduled but switched off
     with pytest.raises(PrefcurateError, match="IANA timezone"):
         deployments(None, timezone="Mars/Olympus")
     with pytest.raises(PrefcurateError, match="cron"):
         deployments(None, cron="every night")
+
+
+def _ui_run(name: str, params: dict[str, Any]) -> Any:
+    """What a run from the UI form goes through: the server checks the parameters against the
+    deployment's schema, the worker validates them into the flow's config."""
+    from prefect.utilities.schema_tools import validate
+
+    from prefcurate.flows.serve import DEPLOYMENTS, deployments
+
+    (deployment,) = [d for d in deployments(None) if d.name == name]
+    validate(params, deployment._parameter_openapi_schema.model_dump(), raise_on_error=True)
+    (flow,) = [d.flow for d in DEPLOYMENTS if d.name == name]
+    return flow.validate_parameters(params)["config"]
+
+
+def test_a_ui_run_of_the_study_deployments_validates_into_their_configs():
+    from prefect.exceptions import ParameterTypeError
+    from prefect.utilities.schema_tools import ValidationError
+
+    from prefcurate.config import CompareModelsConfig, IFGroupsConfig
+
+    base = {"model": {"uri": "/models/sft"}, "data": {"pool_uri": "s3://prefs/pool.parquet"}, "run_name": "study"}
+    groups = _ui_run("if-groups", {"config": {**base, "if_groups": {"cuts": [20, 80], "steps": 40}}})
+    assert isinstance(groups, IFGroupsConfig) and (groups.if_groups.cuts, groups.if_groups.steps) == ((20, 80), 40)
+    compared = _ui_run("compare-models", {"config": {**base, "compare": {"model": {"uri": "/models/sft-b"}}}})
+    assert isinstance(compared, CompareModelsConfig)
+    first, second = compared.pipelines()
+    assert (second.model.uri, second.run_name, first.model.uri) == ("/models/sft-b", "study-b", "/models/sft")
+
+    with pytest.raises(ValidationError, match="compare"):  # the server refuses a form without the second model
+        _ui_run("compare-models", {"config": base})
+    with pytest.raises(ParameterTypeError, match="0 < lo < hi < 100"):  # the worker refuses cuts the schema cannot express
+        _ui_run("if-groups", {"config": {**base, "if_groups": {"cuts": [80, 20]}}})
 
 
 @pytest.mark.slow

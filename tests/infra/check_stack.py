@@ -156,7 +156,7 @@ def after_restart(run: str, out: Path) -> None:
           r.status_code)
     r = prefect("POST", "/deployments/filter", {})
     names = sorted(d["name"] for d in r.json()) if r.status_code == 200 else r.status_code
-    check("Prefect kept the deployments", names == ["curate", "evaluate", "nightly-curation"], names)
+    check("Prefect kept the deployments", names == ["compare-models", "curate", "evaluate", "if-groups", "nightly-curation"], names)
     r = mlflow("GET", "runs/get", params={"run_id": before["parent_run_id"]})
     check("MLflow kept the parent run", r.status_code == 200, r.status_code)
     r = mlflow("GET", "registered-models/alias", params={"name": MODEL, "alias": "candidate"})
