@@ -617,7 +617,8 @@ def serve(
     cron: str = typer.Option("0 2 * * *", help="Cron expression of the nightly curation."),
     timezone: str = typer.Option("UTC", envvar="PREFCURATE_TIMEZONE", help="IANA timezone of the cron schedule (env PREFCURATE_TIMEZONE)."),
 ) -> None:
-    """Serve the deployments nightly-curation (cron), curate and evaluate from this process until Ctrl-C."""
+    """Serve the deployments (nightly-curation on its cron; curate, evaluate, if-groups and compare-models on demand)
+    from this process until Ctrl-C."""
     from prefcurate.config import NightlyConfig
 
     cfg = _load(NightlyConfig, config, sets) if config or sets else None

@@ -34,6 +34,8 @@ def main(src: str, dst: str) -> None:
                              "publish_uri": os.environ.get("PREFCURATE_PUBLISH_URI", "s3://prefcurate/published/latest")},
         "curate": {"root": root, "tracking": tracking},
         "evaluate": {"root": root, "tracking": tracking},
+        "if-groups": {"root": root, "tracking": tracking},
+        "compare-models": {"root": root, "tracking": tracking},
     }
     pool = os.environ.get("PREFECT_WORK_POOL")
     for dep in doc["deployments"]:
