@@ -171,6 +171,9 @@ class ReplicatesOut(StageOutput):
     def table_frame(self) -> pd.DataFrame:
         return pd.read_csv(StringIO(io.read_text(self.table.uri)), index_col=0)
 
+    def per_seed_frame(self) -> pd.DataFrame:
+        return pd.read_csv(StringIO(io.read_text(self.per_seed.uri)), index_col=0)
+
     def head_to_head_frame(self) -> pd.DataFrame | None:
         return None if self.head_to_head is None else pd.read_csv(StringIO(io.read_text(self.head_to_head.uri)), index_col=0)
 

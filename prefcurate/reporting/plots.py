@@ -3,7 +3,9 @@
 - score distributions with the selection band (kept vs dropped stacked),
 - LossDiff vs IRM coloured by kept/dropped (the LossDiff-IRM rule is the box in the middle),
 - IF vs each proxy with its Pearson r (how far the cheap scores stand in for influence),
-- win rates with 95 % error bars against the reference model.
+- win rates with 95 % error bars against the reference model,
+- several seeds: each model's per-seed win rates, mean and 95 % interval, and the selection's paired
+  difference with every baseline.
 
 Figures are drawn on `matplotlib.figure.Figure` with the Agg canvas and never through
 pyplot, so there is no global figure state and tasks on several threads can draw at once.
@@ -22,6 +24,7 @@ from matplotlib.figure import Figure
 
 from prefcurate import io
 from prefcurate.errors import DataError
+from prefcurate.evaluation.replicates import SELECTED
 from prefcurate.selection.selection import Selection
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,7 @@ FIGURES = {
     "lossdiff_vs_irm": "lossdiff_vs_irm.png",
     "if_vs_proxies": "if_vs_proxies.png",
     "win_rates": "win_rates.png",
+    "replicates": "replicates.png",
 }
 
 
@@ -195,15 +199,57 @@ def win_rate_bars(leaderboard: pd.DataFrame, reference: str | None = None) -> by
     return png_bytes(fig)
 
 
+def replicate_intervals(table: pd.DataFrame, by_seed: pd.DataFrame, reference: str) -> bytes:
+    """Several seeds at a glance: left, every model's per-seed win rates (dots) with its mean and 95 %
+    t-interval; right, the selection's paired per-seed difference with each baseline and its interval,
+    green where the selection wins beyond it, red where it loses, grey where the seeds cannot tell.
+
+    `table` is `replicates.summarize(by_seed)`; `by_seed` the seed × model win rates.
+    """
+    if len(by_seed) < 2 or "mean" not in table.columns:
+        raise DataError("an interval needs at least two seeds; pass the summary of several seeds' leaderboards")
+    table = table.sort_values("mean", ascending=True, kind="stable")
+    names = [str(n) for n in table.index]
+    y = np.arange(len(names))
+    fig = Figure(figsize=(9.6, 0.45 * len(names) + 1.8), layout="constrained")
+    left, right = fig.subplots(1, 2, sharey=True)
+    for i, model in enumerate(table.index):
+        seeds = by_seed[model].dropna().to_numpy(dtype=float) if model in by_seed else np.array([])
+        left.scatter(seeds, np.full(len(seeds), i), s=12, color=DROPPED, zorder=2)
+    low, high = table["ci_low"].to_numpy(dtype=float), table["ci_high"].to_numpy(dtype=float)
+    mean = table["mean"].to_numpy(dtype=float)
+    spread = np.nan_to_num(np.stack([mean - low, high - mean]))
+    left.errorbar(mean, y, xerr=spread, fmt="o", color="#333333", capsize=4, zorder=3)
+    if SELECTED in names:  # the row every difference on the right is taken from
+        for ax in (left, right):
+            ax.axhspan(names.index(SELECTED) - 0.4, names.index(SELECTED) + 0.4, color=KEPT, alpha=0.12, zorder=0)
+    left.axvline(50.0, color="#555555", linestyle=":", linewidth=1)
+    left.set_yticks(y, names)
+    left.set_xlabel(f"win rate against {reference} (%): seeds (dots), mean ± 95 % CI")
+    if "diff_vs_selected" in table.columns:
+        diff = table["diff_vs_selected"].to_numpy(dtype=float)
+        d_low, d_high = table["diff_ci_low"].to_numpy(dtype=float), table["diff_ci_high"].to_numpy(dtype=float)
+        for i in np.flatnonzero(np.isfinite(diff)):
+            color = KEPT if d_low[i] > 0 else BAND if d_high[i] < 0 else DROPPED
+            lo, hi = (diff[i] - d_low[i], d_high[i] - diff[i]) if np.isfinite(d_low[i]) else (0.0, 0.0)
+            right.errorbar(diff[i], i, xerr=[[lo], [hi]], fmt="s", color=color, capsize=4)
+        right.axvline(0.0, color="#555555", linestyle=":", linewidth=1)
+    right.set_xlabel("selected − model (points), paired by seed, ± 95 % CI")
+    fig.suptitle(f"{len(by_seed)} seeds", fontsize=11)
+    return png_bytes(fig)
+
+
 def write_figures(
     figures_uri: str,
     scores: pd.DataFrame | None = None,
     selection: Selection | None = None,
     leaderboard: pd.DataFrame | None = None,
     reference: str | None = None,
+    replicates: tuple[pd.DataFrame, pd.DataFrame] | None = None,
 ) -> dict[str, str]:
     """Draw every figure the inputs allow and write it under `figures_uri`; returns name → URI.
 
+    `replicates` is several seeds' (summary table, seed × model win rates) against `reference`.
     A figure whose input is absent (no leaderboard yet, IF not computed) is skipped with an
     info line naming the reason, so a `nightly` run without evaluation still gets its score plots.
     """
@@ -212,12 +258,14 @@ def write_figures(
         "lossdiff_vs_irm": lambda: lossdiff_vs_irm(scores, selection),
         "if_vs_proxies": lambda: if_vs_proxies(scores, selection),
         "win_rates": lambda: win_rate_bars(leaderboard, reference),
+        "replicates": lambda: replicate_intervals(*replicates, reference),
     }
+    inputs = {"win_rates": ("leaderboard", leaderboard), "replicates": ("replicates", replicates)}
     written: dict[str, str] = {}
     for name, make in makers.items():
-        needs = leaderboard if name == "win_rates" else scores
+        what, needs = inputs.get(name, ("scores", scores))
         if needs is None:
-            log.info("figure %s skipped: no %s given", name, "leaderboard" if name == "win_rates" else "scores")
+            log.info("figure %s skipped: no %s given", name, what)
             continue
         try:
             png = make()

@@ -35,13 +35,14 @@ def _report(ctx: StageContext, ingest: IngestOut, score: ScoreOut, select: Selec
 
     `others` are the remaining finished stages: inputs of the report (it is rebuilt when any of them changes).
     With `replicates` (several seeds) the report shows their means and intervals instead of one seed's
-    leaderboard, and draws no single-seed win-rate figure.
+    leaderboard, and draws their figure (figures/replicates.png) instead of one seed's win rates.
     """
     scores = io.read_parquet(score.scores.uri)
     selection = read_selection(select.selection.uri)
     board = read_leaderboard(judge.leaderboard.uri) if judge is not None and replicates is None else None
-    reference = judge.reference if judge is not None else None
-    figures = plots.write_figures(ctx.path("figures"), scores, selection, board, reference)
+    reference = replicates.reference if replicates is not None else judge.reference if judge is not None else None
+    seeds = (replicates.table_frame(), replicates.per_seed_frame()) if replicates is not None else None
+    figures = plots.write_figures(ctx.path("figures"), scores, selection, board, reference, seeds)
     counts = {"read": ingest.rows_read, "train": ingest.n_train, "validation": ingest.n_validation,
               "eval_prompts": ingest.n_eval_prompts, "rejected": ingest.n_rejected}
     markdown = render_report(

@@ -55,6 +55,8 @@ def test_two_seeds_train_each_model_twice_and_report_intervals(toy_world, prefec
                                                           + seed_direct[1].loc["random", "win_rate"]) / 2)
     report = (run / "report.md").read_text()
     assert "## Replicates" in report and "95 % CI" in report and "Head to head" in report
+    assert "![replicates](figures/replicates.png)" in report and "![win_rates]" not in report
+    assert (run / "figures" / "replicates.png").read_bytes().startswith(b"\x89PNG")
     assert "Replicates (2 seeds" in result.output and "selected vs random" in result.output
     from mlflow import MlflowClient
 

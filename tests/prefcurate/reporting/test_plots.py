@@ -88,9 +88,34 @@ def test_win_rate_bars_colour_by_significance(leaderboard):
 def test_write_figures_writes_what_the_inputs_allow(scores, leaderboard, tmp_path):
     sel = select(scores, SelectionConfig())
     written = plots.write_figures(str(tmp_path), scores, sel, leaderboard, reference="sft")
-    assert set(written) == set(plots.FIGURES)
+    assert set(written) == set(plots.FIGURES) - {"replicates"}  # one seed: no interval to draw
     for name, uri in written.items():
         assert uri == str(tmp_path / plots.FIGURES[name])
         _image(open(uri, "rb").read())
     nightly = plots.write_figures(str(tmp_path / "n"), scores.drop(columns=["if", "tif"]), sel)
     assert set(nightly) == {"score_distributions", "lossdiff_vs_irm"}
+
+
+def _seeds(selected, others) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from prefcurate.evaluation.replicates import summarize
+
+    by_seed = pd.DataFrame({"selected": selected, **others, "sft": [50.0] * len(selected)}).rename_axis("seed")
+    return summarize(by_seed), by_seed
+
+
+def test_replicate_intervals_colour_the_paired_differences_by_what_the_seeds_show():
+    beaten = _seeds([64.0, 66.0, 65.0], {"full": [58.0, 59.0, 58.5]})  # selected ahead on every seed
+    png = plots.replicate_intervals(*beaten, reference="sft")
+    assert _pixels(png, plots.KEPT) > 50 and _pixels(png, plots.BAND) < 10
+    losing = _seeds([58.0, 59.0, 58.5], {"full": [64.0, 66.0, 65.0]})
+    png_losing = plots.replicate_intervals(*losing, reference="sft")
+    assert _pixels(png_losing, plots.BAND) > 50
+    assert plots.replicate_intervals(*beaten, reference="sft") == png  # deterministic
+    with pytest.raises(DataError, match="at least two seeds"):
+        plots.replicate_intervals(*_seeds([64.0], {"full": [58.0]}), reference="sft")
+
+
+def test_write_figures_draws_the_replicates_when_given(tmp_path):
+    written = plots.write_figures(str(tmp_path), replicates=_seeds([64.0, 66.0], {"full": [58.0, 60.0]}), reference="sft")
+    assert set(written) == {"replicates"}
+    _image(open(written["replicates"], "rb").read())
