@@ -367,11 +367,15 @@ def study(
     seeds: str = typer.Option("0,1,2,3,4", help="Comma-separated seeds: one full curate run each."),
     name: str = typer.Option("study", help="Names the replicates' run directories (<name>-seed<k>) and study-<name>/."),
     root: str = typer.Option("runs", help="Run root for --toy (worlds, runs, MLflow store)."),
+    groups: bool = typer.Option(True, "--if-groups/--no-if-groups", help="Also run the IF-group study on the first seed's run."),
+    check: bool = typer.Option(True, "--verify/--no-verify", help="Also verify every seed's run (as `prefcurate verify`)."),
     sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
     """Repeat `curate` per seed and report what holds across seeds: each model's mean win rate with a
     95 % interval, and the selection against every baseline as paired per-seed differences with a
-    paired t-test. Baselines come from evaluation.baselines (any selection rule, at the selection's size)."""
+    paired t-test. Baselines come from evaluation.baselines (any selection rule, at the selection's size).
+    Then the IF-group curves on the first seed's run and `verify` on every run, in the same study.md;
+    exit 1 when a run fails verification."""
     from prefcurate.config import RunConfig, load_config
 
     try:
@@ -410,8 +414,15 @@ def study(
         fail(str(exc))
     for cfg in configs:
         _preflight(cfg)
-    result = _run_flow(lambda c: study_flow(c, name=name), configs)
-    typer.echo("\n" + result.markdown + f"\nStudy: {result.study_uri}\nMLflow run: {result.mlflow_url}")
+    result = _run_flow(lambda c: study_flow(c, name=name, if_groups=groups, verify=check), configs)
+    figure = f"\nFigure: {result.figure_uri}" if result.figure_uri else ""
+    curves = f"\nIF groups: {result.if_groups.figure_uri}" if result.if_groups else ""
+    typer.echo("\n" + result.markdown + f"\nStudy: {result.study_uri}{figure}{curves}\nMLflow run: {result.mlflow_url}")
+    failures = result.verify_failures()
+    if failures:
+        which = "; ".join(f"seed {seed}: {', '.join(names)}" for seed, names in failures.items())
+        typer.echo(f"error: verify beyond tolerance ({which}); `prefcurate verify RUN` shows where", err=True)
+        raise typer.Exit(code=1)
 
 
 # --- if-groups / compare-models: the paper's evidence on the user's own model and pool ------

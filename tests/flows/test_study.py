@@ -31,6 +31,17 @@ def test_study_runs_every_seed_and_reports_paired_differences(toy_world, prefect
     diff = per_seed["selected"] - per_seed["random"]
     assert table.loc["random", "diff_vs_selected"] == pytest.approx(diff.mean())
     assert "selected − model" in result.output and "Study: " in result.output
+    assert f"Figure: {tmp_path / 'runs' / 'study-t' / 'study.png'}" in result.output
+    assert (tmp_path / "runs" / "study-t" / "study.png").read_bytes().startswith(b"\x89PNG")
+    # the same command ran the IF-group study on the first replicate and verified both
+    study_md = (tmp_path / "runs" / "study-t" / "study.md").read_text()
+    curves = tmp_path / "runs" / "t-seed0" / "figures" / "if_groups.png"
+    assert "## IF groups (replicate seed 0)" in study_md and "(../t-seed0/figures/if_groups.png)" in study_md
+    assert curves.read_bytes().startswith(b"\x89PNG") and f"IF groups: {curves}" in result.output
+    groups = pd.read_csv(tmp_path / "runs" / "t-seed0" / "if-groups" / "table.csv", index_col=0)
+    assert list(groups.index) == ["low", "medium", "high"] and groups["steps"].nunique() == 1
+    verify_rows = [line for line in study_md.split("## Verify")[1].splitlines() if line.startswith("| 0 |") or line.startswith("| 1 |")]
+    assert len(verify_rows) == 2 and all(row.rstrip(" |").endswith("ok") for row in verify_rows)
     # full-steps trained the whole pool for the selection's optimiser steps, not final_epochs
     import json
 
