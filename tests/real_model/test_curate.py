@@ -66,3 +66,11 @@ def test_curate_end_to_end_with_lora(smollm2_dir, real_data, prefect_harness, tm
     assert sizes and all(v < 20e6 for v in sizes.values()), sizes
     for model in (p for p in (run / "models").rglob("prefcurate.json")):
         assert (model.parent / "adapter_model.safetensors").is_file() and not (model.parent / "model.safetensors").exists()
+    # verify recomputes the run another way on the real architecture (30 layers, a 49k vocabulary, LoRA),
+    # at the default tolerances, in float32 and in float64
+    from prefcurate.verify import verify_run
+
+    for float64 in (False, True):
+        report = verify_run(str(run), sample=36, float64=float64)
+        print(report.render())
+        assert report.passed and {c.name for c in report.checks} >= {"if", "lossdiff", "irm", "selection"}, report.render()
