@@ -77,7 +77,7 @@ def _if_groups(config: RunConfig) -> tuple[IFGroupsResult | None, str]:
     result = if_groups_flow(IFGroupsConfig.model_validate(config.model_dump()))
     table = pd.DataFrame(result.table).set_index("group")
     return result, (f"## IF groups (replicate seed {config.training.seed})\n\nDPO from θ for {result.steps} steps on each "
-                    f"third of the pool by IF; validation loss and margin before and after.\n\n"
+                    f"IF group (low / medium / high by percentile); validation loss and margin before and after.\n\n"
                     f"{markdown_table(table, digits=4)}\n\n![IF-group curves](../{config.run_name}/figures/if_groups.png)\n")
 
 

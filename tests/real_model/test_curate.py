@@ -66,11 +66,11 @@ def test_curate_end_to_end_with_lora(smollm2_dir, real_data, prefect_harness, tm
     assert sizes and all(v < 20e6 for v in sizes.values()), sizes
     for model in (p for p in (run / "models").rglob("prefcurate.json")):
         assert (model.parent / "adapter_model.safetensors").is_file() and not (model.parent / "model.safetensors").exists()
-    # verify recomputes the run another way on the real architecture (30 layers, a 49k vocabulary, LoRA),
-    # at the default tolerances, in float32 and in float64
+    # verify, in float64, holds the stored fp32 scores of the real architecture (30 layers, a 49k vocabulary,
+    # LoRA) against an exact reference at the default tolerances (measured on all 36 pairs: IF 1.0e-5,
+    # LossDiff 1.5e-5, IRM 5.4e-6, ∇L_val 2.9e-6; float32 autograd: 1.3e-5, 1.6e-5, 8.5e-6, 5.2e-6)
     from prefcurate.verify import verify_run
 
-    for float64 in (False, True):
-        report = verify_run(str(run), sample=36, float64=float64)
-        print(report.render())
-        assert report.passed and {c.name for c in report.checks} >= {"if", "lossdiff", "irm", "selection"}, report.render()
+    report = verify_run(str(run), sample=12, float64=True)
+    print(report.render())
+    assert report.passed and {c.name for c in report.checks} >= {"if", "lossdiff", "irm", "selection"}, report.render()
