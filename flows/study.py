@@ -89,8 +89,9 @@ def _verify(runs: dict[int, str]) -> tuple[dict[int, VerifyReport], str]:
                    "result": "ok" if r.passed else "FAILED: " + ", ".join(r.failed())} for seed, r in reports.items()}
     frame = pd.DataFrame.from_dict(rows, orient="index")[[*names, "result"]].rename_axis("seed")
     limits = ", ".join(dict.fromkeys(f"{c.name} {c.tolerance:g}" for r in reports.values() for c in r.checks))
+    skipped = "".join(dict.fromkeys(f"\n- {name}: skipped, {why}" for r in reports.values() for name, why in r.skipped.items()))
     return reports, ("## Verify\n\nEach replicate recomputed independently (`prefcurate verify`): max relative error "
-                     f"per check (tolerances: {limits}).\n\n{markdown_table(frame)}\n")
+                     f"per check (tolerances: {limits}).\n\n{markdown_table(frame)}\n" + (f"{skipped}\n" if skipped else ""))
 
 
 @flow(name="study")

@@ -85,6 +85,9 @@ def verdicts(table: pd.DataFrame, alpha: float = 0.05) -> list[str]:
         if model == SELECTED or pd.isna(row.get("diff_vs_selected")):
             continue
         diff, p = row["diff_vs_selected"], row["paired_p"]
+        if int(row["seeds"]) < 2:
+            out.append(f"selected vs {model}: {diff:+.1f} points on one seed (an interval and a test need two or more)")
+            continue
         span = f"{diff:+.1f} points (95 % CI {row['diff_ci_low']:+.1f} to {row['diff_ci_high']:+.1f}, paired p = {p:.3f})"
         if not pd.isna(p) and p < alpha:
             out.append(f"selected {'beats' if diff > 0 else 'loses to'} {model}: {span}")
@@ -98,7 +101,8 @@ def markdown(table: pd.DataFrame, by_seed: pd.DataFrame, reference: str, head_to
     def cell(v: object, fmt: str = "{:.1f}") -> str:
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
 
-    lines = [f"Win rate % against `{reference}`, {len(by_seed)} seeds: mean and 95 % t-interval across seeds; "
+    seeds = f"{len(by_seed)} seed{'s' if len(by_seed) != 1 else ''}"
+    lines = [f"Win rate % against `{reference}`, {seeds}: mean and 95 % t-interval across seeds; "
              "paired difference selected − model per seed.", "",
              "| model | seeds | mean | 95 % CI | selected − model | 95 % CI | paired p | selected wins |",
              "|---|---|---|---|---|---|---|---|"]

@@ -69,3 +69,29 @@ def test_study_refuses_seeds_inside_each_replicate(tmp_path):
                                        "evaluation": {"seeds": [0, 1]}})
     with pytest.raises(ConfigError, match="one curate per seed already"):
         study.fn([config])
+
+
+def test_study_exits_1_and_names_the_check_when_a_replicate_fails_verification(toy_world, tmp_path, monkeypatch):
+    from prefcurate.flows import study as study_module
+    from prefcurate.flows.cli import app
+    from prefcurate.verify import Check, VerifyReport
+
+    def failing() -> VerifyReport:
+        checks = [Check(name="if", n=8, max_abs_error=0.1, max_rel_error=0.02, tolerance=1e-4),
+                  Check(name="irm", n=8, max_abs_error=0.0, max_rel_error=0.0, tolerance=1e-4)]
+        return VerifyReport(run_uri="r", dtype="float32", sample=8, n_pool=8, seed=0, checks=checks)
+
+    seen = {}
+
+    def fake_study(configs, **options):
+        seen.update(options, seeds=[c.training.seed for c in configs])
+        return study_module.StudyResult(study_uri=str(tmp_path / "s"), runs={0: "r0", 1: "r1"}, table=[], markdown="",
+                                        verify={0: failing(), 1: failing().model_copy(update={"checks": []})})
+
+    monkeypatch.setattr(study_module, "study", fake_study)
+    config = toy_config(toy_world, str(tmp_path / "runs"), f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(app, ["study", "--config", str(tmp_path / "study.yaml"), "--seeds", "0,1", "--no-if-groups"])
+    assert result.exit_code == 1, result.output
+    assert "error: verify beyond tolerance (seed 0: if)" in result.output
+    assert seen == {"name": "study", "if_groups": False, "verify": True, "seeds": [0, 1]}

@@ -41,6 +41,9 @@ def test_one_seed_has_no_interval():
     table = replicates.summarize(replicates.win_rates_by_seed({0: pd.DataFrame({"model": ["selected", "full"],
                                                                                 "win_rate": [60.0, 55.0]})}))
     assert np.isnan(table.loc["full", "diff_ci_low"]) and np.isnan(table.loc["full", "paired_p"])
+    assert replicates.verdicts(table) == ["selected vs full: +5.0 points on one seed (an interval and a test need two or more)"]
+    text = replicates.markdown(table, replicates.win_rates_by_seed({0: table[["mean"]].rename(columns={"mean": "win_rate"})}), "sft")
+    assert "against `sft`, 1 seed:" in text and "nan" not in text
 
 
 def test_head_to_head_summary_across_seeds():
