@@ -1,5 +1,6 @@
 """The scoring stages: ∇L_val(θ), the pool in shards, then the pool's table; and, when a
-reward-model rule is asked for, an external reward model's margin of every pair.
+reward-model rule is asked for, an external reward model's margin of every pair (kept in the
+score store with `store_uri`, so a grown pool scores only its new pairs).
 
 Each shard is a stage of its own (`score-shard-00003`), keyed by its row range and every
 input it reads, so a run killed mid-scoring resumes at the first unfinished shard, and the
@@ -12,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import pandas as pd
+from pydantic import Field
 
 from prefcurate import compute, io
 from prefcurate.checkpoint import load_checkpoint, source_fingerprint
@@ -20,9 +22,10 @@ from prefcurate.data.stage import IngestOut
 from prefcurate.manifest import FileRef, StageOutput
 from prefcurate.scoring.influence import load_gradient, save_gradient, validation_gradient
 from prefcurate.scoring.reference import ReferenceOut
-from prefcurate.scoring.reward_model import RewardModel, pair_rewards
+from prefcurate.scoring.reward_model import REWARD_COLUMNS, RewardModel, pair_rewards
 from prefcurate.scoring.scores import finalize_scores, load_scoring_models, score_shard
-from prefcurate.stage import StageContext, StageSpec
+from prefcurate.scoring.store import ScoreStore
+from prefcurate.stage import StageContext, StageSpec, read_config
 from prefcurate.tracking import log_metrics
 from prefcurate.training.stage import ModelOut
 
@@ -134,25 +137,50 @@ class RewardOut(StageOutput):
 
     rewards: FileRef
     pairs: int
+    n_scored: int = Field(description="Pairs the reward model scored in this run; the rest came from the store (`store_uri`).")
     reward_model: str
     fingerprint: str
     agreement: float  # share of pairs whose chosen answer the reward model prefers
     truncated: int
 
 
+def reward_store(config: Any, fingerprint: str) -> ScoreStore:
+    """Reward rows kept across runs in the score store, keyed by the reward model's content (not where it
+    is) and what else changes a reward."""
+    reads = tuple(field for field in REWARD.reads if field != "selection.reward_model")
+    identity = io.sha256_json({"reward_model": fingerprint, "config": read_config(config, reads),
+                               "code": REWARD.code_version})
+    return ScoreStore(config.store_uri, "r-" + identity[:16])
+
+
 def _rewards(ctx: StageContext, ingest: IngestOut) -> RewardOut:
+    """Every pool pair's rewards; with `store_uri` only the pairs the store lacks are scored (a nightly pool
+    that grew by a few pairs costs those pairs), and they are added to it."""
     config = ctx.config
     source = config.selection.reward_model
-    model = RewardModel.load(source, cache_dir=io.join(config.cache_dir, "checkpoints"), batch_size=config.scoring.batch_size,
-                        compute_config=config.compute)
-    frame = pair_rewards(model, read_pairs(ingest.train.uri))
+    cache = io.join(config.cache_dir, "checkpoints")
+    pairs = read_pairs(ingest.train.uri)
+    ids = list(pairs["pair_id"])
+    fingerprint = source_fingerprint(source, cache)
+    store = reward_store(config, fingerprint) if config.store_uri else None
+    known = store.read() if store is not None else pd.DataFrame(columns=["pair_id"])
+    known = known[known["pair_id"].isin(set(ids))]
+    seen = set(known["pair_id"])
+    missing = [row for row, pair_id in enumerate(ids) if pair_id not in seen]
+    if missing:
+        model = RewardModel.load(source, cache_dir=cache, batch_size=config.scoring.batch_size, compute_config=config.compute)
+        fresh = pair_rewards(model, pairs.select(missing))
+        if store is not None:
+            store.append(io.sha256_json(sorted(fresh["pair_id"]))[:16], fresh)
+        known = pd.concat([known, fresh], ignore_index=True) if len(known) else fresh
+    frame = known.set_index("pair_id").loc[ids].reset_index()[REWARD_COLUMNS]
     uri = io.write_parquet(ctx.path("scores", "reward_scores.parquet"), frame)
     agreement = float((frame["reward_margin"] > 0).mean())
-    out = RewardOut(rewards=FileRef.of(uri), pairs=len(frame), reward_model=source.uri, fingerprint=model.fingerprint,
-                    agreement=agreement, truncated=int(frame["truncated"].sum()))
+    out = RewardOut(rewards=FileRef.of(uri), pairs=len(frame), n_scored=len(missing), reward_model=source.uri,
+                    fingerprint=fingerprint, agreement=agreement, truncated=int(frame["truncated"].sum()))
     ctx.metrics({"reward.agreement": agreement, "reward_margin.mean": float(frame["reward_margin"].mean()),
-                 "rows.pairs": len(frame), "rows.truncated": out.truncated})
-    ctx.params({"reward_model.fingerprint": model.fingerprint})
+                 "rows.pairs": len(frame), "rows.reward_scored": len(missing), "rows.truncated": out.truncated})
+    ctx.params({"reward_model.fingerprint": fingerprint})
     ctx.artifact(uri, "scores/reward_scores.parquet")
     return out
 

@@ -65,7 +65,8 @@ def test_curate_trains_the_reward_model_baseline_at_the_selection_size_and_verif
     expected = pair_rewards(RewardModel.load(str(reward_model)), pairs)
     np.testing.assert_allclose(rewards["reward_margin"], expected["reward_margin"], atol=1e-5)
     manifest = json.loads((run / "manifests" / "reward-scores.json").read_text())
-    assert manifest["pairs"] == len(pairs) and manifest["fingerprint"] == RewardModel.load(str(reward_model)).fingerprint
+    assert manifest["pairs"] == manifest["n_scored"] == len(pairs)  # no store_uri: every pair scored here
+    assert manifest["fingerprint"] == RewardModel.load(str(reward_model)).fingerprint
 
     selected = json.loads((run / "selection" / "selection.json").read_text())
     kept = pd.read_parquet(run / "selection" / "rules" / "reward-model" / "selection.parquet")["pair_id"]
@@ -85,6 +86,38 @@ def test_curate_trains_the_reward_model_baseline_at_the_selection_size_and_verif
     again = runner.invoke(app, ["curate", "--config", str(tmp_path / "rm.yaml")])
     assert again.exit_code == 0, again.output
     assert json.loads((run / "manifests" / "reward-scores.json").read_text())["meta"]["created_at"] == manifest["meta"]["created_at"]
+
+
+def test_a_grown_nightly_pool_scores_only_its_new_pairs_with_the_reward_model(toy_world, reward_model, prefect_harness,
+                                                                             tmp_path):
+    from prefcurate.config import NightlyConfig
+    from prefcurate.data.pairs import read_pairs
+    from prefcurate.flows.nightly import nightly
+    from prefcurate.scoring.reward_model import RewardModel, pair_rewards
+    from prefcurate.toyworld.pool import new_pairs
+    from tests.flows.conftest import stage_outputs
+
+    pool = pd.read_parquet(toy_world.pool_parquet)
+    grown = pd.concat([pool, new_pairs(toy_world.spec.pool, toy_world.spec.seed, pool, n=12)], ignore_index=True)
+    pool.to_parquet(tmp_path / "pool-1.parquet")
+    grown.to_parquet(tmp_path / "pool-2.parquet")
+    rewards = {}
+    for night in (1, 2):
+        raw = toy_config(toy_world, str(tmp_path / "runs"), f"sqlite:///{tmp_path / 'mlflow.db'}", run_name=f"night-{night}",
+                         cache_dir=str(tmp_path / "cache"), selection={"rule": "reward-model", "reward_model": {"uri": str(reward_model)}})
+        raw["data"] = {**raw["data"], "pool_uri": str(tmp_path / f"pool-{night}.parquet")}
+        config = NightlyConfig.model_validate({**raw, "store_uri": str(tmp_path / "store"), "publish_uri": str(tmp_path / "pub")})
+        state = nightly(config, return_state=True)
+        assert state.is_completed(), state.message
+        rewards[night] = stage_outputs(tmp_path / "runs" / f"night-{night}")["reward-scores"]
+    assert rewards[1].n_scored == rewards[1].pairs
+    assert rewards[2].n_scored == rewards[2].pairs - rewards[1].pairs == 12  # only the new pairs met the reward model
+    run = tmp_path / "runs" / "night-2"
+    stored = pd.read_parquet(run / "scores" / "reward_scores.parquet")
+    pairs = read_pairs(str(run / "data" / "train.parquet"))
+    assert list(stored["pair_id"]) == list(pairs["pair_id"])  # in pool order
+    expected = pair_rewards(RewardModel.load(str(reward_model)), pairs)
+    np.testing.assert_allclose(stored["reward_margin"], expected["reward_margin"], atol=1e-5)
 
 
 def test_the_baseline_without_a_reward_model_is_a_one_line_error(toy_world, tmp_path):
