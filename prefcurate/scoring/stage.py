@@ -161,17 +161,18 @@ def _rewards(ctx: StageContext, ingest: IngestOut) -> RewardOut:
     cache = io.join(config.cache_dir, "checkpoints")
     pairs = read_pairs(ingest.train.uri)
     ids = list(pairs["pair_id"])
-    fingerprint = source_fingerprint(source, cache)
-    store = reward_store(config, fingerprint) if config.store_uri else None
-    known = store.read() if store is not None else pd.DataFrame(columns=["pair_id"])
+    # without a store every pair is scored, and loading the model fingerprints it: no separate hash of its files
+    fingerprint = source_fingerprint(source, cache) if config.store_uri else None
+    known = reward_store(config, fingerprint).read() if fingerprint else pd.DataFrame(columns=["pair_id"])
     known = known[known["pair_id"].isin(set(ids))]
     seen = set(known["pair_id"])
     missing = [row for row, pair_id in enumerate(ids) if pair_id not in seen]
     if missing:
         model = RewardModel.load(source, cache_dir=cache, batch_size=config.scoring.batch_size, compute_config=config.compute)
+        fingerprint = model.fingerprint
         fresh = pair_rewards(model, pairs.select(missing))
-        if store is not None:
-            store.append(io.sha256_json(sorted(fresh["pair_id"]))[:16], fresh)
+        if config.store_uri:  # under the identity of the model that scored them
+            reward_store(config, fingerprint).append(io.sha256_json(sorted(fresh["pair_id"]))[:16], fresh)
         known = pd.concat([known, fresh], ignore_index=True) if len(known) else fresh
     frame = known.set_index("pair_id").loc[ids].reset_index()[REWARD_COLUMNS]
     uri = io.write_parquet(ctx.path("scores", "reward_scores.parquet"), frame)
